@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("pretrain", help="pretrain toyclip contrastively on the ToyWorld stream")
     pt.add_argument("--out", default="runs/pretrain")
     pt.add_argument("--model", default="toyclip", help="open_clip config name")
-    pt.add_argument("--steps", type=int, default=1200)
-    pt.add_argument("--warm-steps", type=int, default=600,
+    pt.add_argument("--steps", type=int, default=2500)
+    pt.add_argument("--warm-steps", type=int, default=1500,
                     help="supervised warm start of the image tower (0 = none)")
     pt.add_argument("--batch-size", type=int, default=128)
     pt.add_argument("--lr", type=float, default=1e-3)

@@ -33,7 +33,7 @@ from promptviz.backbone import _register_configs, save_clip
 from promptviz.checkpoint import atomic_torch_save, atomic_write_text
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
-from promptviz.toyworld import render_scenes, sample_batch, sample_scene
+from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
 from promptviz.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
 
 
@@ -41,7 +41,7 @@ from promptviz.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
 class PretrainConfig:
     out: str = "runs/pretrain"
     model: str = "toyclip"             # an open_clip config name (promptviz/configs)
-    steps: int = 1200
+    steps: int = 2500
     batch_size: int = 128
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -62,7 +62,9 @@ class PretrainConfig:
     # Warm start (LiT-style): before the contrastive run, the image tower learns the main
     # object's shape, colour, pattern, size and position from ToyWorld's ground truth for
     # ``warm_steps`` steps; the contrastive run then trains it at ``image_lr_scale`` × lr.
-    warm_steps: int = 600
+    warm_steps: int = 1500
+    warm_clean: float = 0.7            # share of clean scenes in the warm start's batches
+    warm_dense: float = 1.0            # weight of the per-patch shape / colour losses
     image_lr_scale: float = 0.1
     logit_scale: float = 0.0           # > 0: start the temperature at this scale
     learn_scale: bool = True            # False: keep the starting scale fixed
@@ -167,43 +169,72 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS,
               "size": tuple(SIZES), "position": POSITIONS}
 
 
+def patch_targets(batch, attr: str, names: tuple, patch_size: int) -> torch.Tensor:
+    """Per-patch class ``[B, N]``: 0 for background, 1 + index of the covering object's ``attr``."""
+    labels = patch_labels(batch.instance, patch_size, min_coverage=0.25).long().flatten(1)
+    table = torch.zeros(len(batch), 1 + max(len(s.objects) for s in batch.scenes),
+                        dtype=torch.long)
+    for i, scene in enumerate(batch.scenes):
+        for k, obj in enumerate(scene.objects):
+            table[i, k + 1] = names.index(getattr(obj, attr)) + 1
+    return table.gather(1, labels)
+
+
 def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
-    """Supervised warm start of the image tower on the main object's attributes.
+    """Supervised warm start of the image tower on ToyWorld's ground truth.
 
     A ViT trained from scratch contrastively learns colour at once but shape only very
-    slowly; the generator knows every attribute, so the tower first learns to name them
-    (one linear head per attribute on the image feature, summed cross-entropy) on clean
-    scenes (one object, filled, plain background), where a silhouette is easiest to see.
-    The heads are thrown away; the stream uses its own generator (seed + 1).
+    slowly; the generator knows every attribute, so the tower first learns to name them:
+    one linear head per attribute of the main object on the pooled feature, plus
+    per-patch heads that name the shape and colour of the object under every patch
+    token (dense supervision: 64 targets per image instead of one). Batches mix clean
+    scenes (``warm_clean``) with the full stream; the learning rate warms up, then
+    decays on a cosine. The heads are thrown away; the stream uses its own generator
+    (seed + 1).
     """
     device = next(visual.parameters()).device
+    width = visual.transformer.width
+    patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
     heads = torch.nn.ModuleDict({a: torch.nn.Linear(visual.output_dim, len(v))
                                  for a, v in ATTRIBUTES.items()}).to(device)
-    params = list(visual.parameters()) + list(heads.parameters())
+    dense = torch.nn.ModuleDict({a: torch.nn.Linear(width, 1 + len(ATTRIBUTES[a]))
+                                 for a in ("shape", "colour")}).to(device)
+    params = list(visual.parameters()) + list(heads.parameters()) + list(dense.parameters())
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = PretrainConfig(lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
+                              steps=cfg.warm_steps)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    log = []
-    for step in progress_bar(range(cfg.warm_steps), desc="warm start", enabled=cfg.progress):
-        for g in optim.param_groups:
-            g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        batch = sample_batch(cfg.batch_size, gen, cfg.image_size, clean=1.0)
-        f = visual(normalise(batch.images).to(device))
-        loss = 0.0
-        accs = {}
-        for attr, names in ATTRIBUTES.items():
+    log, t0 = [], time.perf_counter()
+    visual.output_tokens = True
+    try:
+        for step in progress_bar(range(cfg.warm_steps), desc="warm start", enabled=cfg.progress):
+            for g in optim.param_groups:
+                g["lr"] = lr_at(step, schedule)
+            batch = sample_batch(cfg.batch_size, gen, cfg.image_size, clean=cfg.warm_clean)
+            f, tokens = visual(normalise(batch.images).to(device))
+            loss, accs = 0.0, {}
             main = [s.objects[s.target] for s in batch.scenes]
-            y = torch.tensor([names.index(getattr(o, attr)) for o in main], device=device)
-            logits = heads[attr](f)
-            loss = loss + F.cross_entropy(logits, y)
-            accs[attr] = round(100.0 * (logits.argmax(-1) == y).float().mean().item(), 1)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        if (step + 1) % cfg.log_every == 0:
-            entry = {"warm_step": step + 1, "loss": round(loss.item(), 4), **accs}
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
+            for attr, names in ATTRIBUTES.items():
+                y = torch.tensor([names.index(getattr(o, attr)) for o in main], device=device)
+                logits = heads[attr](f)
+                loss = loss + F.cross_entropy(logits, y)
+                accs[attr] = round(100.0 * (logits.argmax(-1) == y).float().mean().item(), 1)
+            if cfg.warm_dense:
+                for attr, head in dense.items():
+                    y = patch_targets(batch, attr, ATTRIBUTES[attr], patch).to(device)
+                    loss = loss + cfg.warm_dense * F.cross_entropy(head(tokens).flatten(0, 1),
+                                                                   y.flatten())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.warm_steps:
+                entry = {"warm_step": step + 1, "loss": round(loss.item(), 4), **accs,
+                         "seconds": round(time.perf_counter() - t0, 1)}
+                log.append(entry)
+                print(json.dumps(entry), flush=True)
+    finally:
+        visual.output_tokens = False
     atomic_write_text(out / "warm_start_log.json", json.dumps(log, indent=2))
 
 

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint demo notebooks clean
+.PHONY: install test test-browser lint demo notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" PROMPTVIZ_PROGRESS=0 $(BIN)/python -m pytest -q \
 	    -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg
+
+# Only the browser tests (also part of `make test`): JupyterLab and the standalone HTML
+# exports in headless Chromium via Playwright. They apt-get install chromium when it is
+# missing and we are root; screenshots go to runs/browser/.
+test-browser: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PROMPTVIZ_PROGRESS=0 $(BIN)/python -m pytest -q \
+	    -p no:cacheprovider tests/browser --durations=5
 
 # Re-execute the notebooks in place (after a library change that alters what they print).
 notebooks: $(STAMP)

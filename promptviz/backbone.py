@@ -152,8 +152,16 @@ class Backbone(nn.Module):
 
     @property
     def logit_scale(self) -> float:
-        """``s = exp(logit_scale)`` of the frozen CLIP (100 for OpenAI weights)."""
-        return float(self.model.logit_scale.exp().clamp(max=100.0))
+        """``s = exp(logit_scale)`` of the frozen CLIP (100 for OpenAI weights).
+
+        Read from the device once and kept until the parameter changes: reading a GPU
+        tensor in every training step would make the host wait for the device."""
+        p = self.model.logit_scale
+        key = (p.data_ptr(), p._version)
+        if self.__dict__.get("_scale_key") != key:
+            self.__dict__["_scale"] = float(p.detach().exp().clamp(max=100.0))
+            self.__dict__["_scale_key"] = key
+        return self.__dict__["_scale"]
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,4 @@
-"""``promptviz`` command line: train, eval, datasets, toyworld, pretrain, demo.
+"""``promptviz`` command line: train, eval, datasets, toyworld, pretrain, demo, bench.
 
 User errors print one line (``error: …`` naming the problem and the fix) and exit
 with status 2; no traceback. Set ``PROMPTVIZ_DEBUG=1`` to see tracebacks anyway.
@@ -93,6 +93,14 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
                                 seeds=tuple(a.seeds), device=a.device, progress=not a.quiet))
     print(markdown(card))
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
+    if a.pretrain_run:
+        from promptviz.backbone import TOYCLIP_WEIGHTS
+        from promptviz.checkpoint import atomic_write_text
+        from promptviz.modelcard import model_card, provenance
+        path = TOYCLIP_WEIGHTS.parent / "MODEL_CARD.md"
+        atomic_write_text(path, model_card(card, provenance(
+            a.pretrain_run, TOYCLIP_WEIGHTS, a.pretrain_seconds, a.hardware)))
+        print(f"wrote {path}")
     return 0
 
 
@@ -108,7 +116,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     cfg = CompareConfig(methods=a.methods, datasets=a.datasets, seeds=a.seeds,
                         protocol=a.protocol, shots=a.shots, source=a.source,
                         backbone=a.backbone, data_root=a.data_root, out=a.out,
-                        epochs=a.epochs, device=a.device, options=options,
+                        epochs=a.epochs, batch_size=a.batch_size, device=a.device,
+                        options=options,
                         progress=not a.quiet)
     table = compare(cfg)
     if a.protocol == "base2new":
@@ -124,7 +133,20 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from promptviz.demo import DemoConfig, run_demo
     run_demo(DemoConfig(out=a.out, data_root=a.data_root, backbone=a.backbone,
-                        device=a.device, progress=not a.quiet))
+                        datasets=a.datasets, device=a.device, progress=not a.quiet))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from promptviz.bench import BENCH_METHODS, BenchConfig, bench, format_bench
+    cfg = BenchConfig(backbone=a.backbone, device=a.device,
+                      methods=tuple(a.methods or BENCH_METHODS), batch_size=a.batch_size,
+                      eval_batch_size=a.eval_batch_size, steps=a.steps, warmup=a.warmup,
+                      classes=a.classes, epochs=a.epochs, cache_views=a.cache_views,
+                      threads=a.threads, peak_tflops=a.peak_tflops, seed=a.seed, out=a.out,
+                      progress=not a.quiet)
+    print(format_bench(bench(cfg)))
+    print(f"wrote {a.out}")
     return 0
 
 
@@ -205,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     c.add_argument("--device", default="cpu")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
+                   "weights: also write assets/toyclip/MODEL_CARD.md with its provenance")
+    c.add_argument("--pretrain-seconds", type=float, help="the pretraining's wall time")
+    c.add_argument("--hardware", default="", help="where it was pretrained, for the card")
     c.set_defaults(func=cmd_toyworld_card)
 
     cp = sub.add_parser("compare", help="methods x datasets x seeds under one protocol")
@@ -219,18 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--data-root", default="data/toyworld")
     cp.add_argument("--out", default="runs/compare")
     cp.add_argument("--epochs", type=int)
+    cp.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
     cp.add_argument("--device", default="cpu")
     cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(func=cmd_compare)
 
-    dm = sub.add_parser("demo", help="zero-shot vs CoOp on ToyWorld, with an HTML report")
+    dm = sub.add_parser("demo", help="zero-shot vs CoOp, TextRefiner and SEP on ToyWorld, "
+                        "with an HTML report")
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--data-root", default="data/toyworld")
     dm.add_argument("--backbone", default="toyclip")
+    dm.add_argument("--datasets", nargs="+", default=["toy_textures", "toy_fine"],
+                    help="ToyWorld datasets (or any datasets under --data-root)")
     dm.add_argument("--device", default="cpu")
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
+
+    bn = sub.add_parser("bench", help="optimised vs straightforward throughput and memory, "
+                        "per method, on synthetic inputs")
+    bn.add_argument("--backbone", default="toyclip",
+                    help="toyclip, or e.g. ViT-B-16 (random weights: same shapes and cost)")
+    bn.add_argument("--device", default="cpu", help="cpu | cuda")
+    bn.add_argument("--methods", nargs="+",
+                    help="default: zeroshot coop kgcoop cocoop textrefiner sep")
+    bn.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
+    bn.add_argument("--eval-batch-size", type=int,
+                    help="default: 128 on CUDA, 32 on CPU (8 for CoCoOp)")
+    bn.add_argument("--steps", type=int, help="timed steps (default: 20 on CUDA, 3 on CPU)")
+    bn.add_argument("--warmup", type=int, help="untimed steps first (default: 5 CUDA, 1 CPU)")
+    bn.add_argument("--classes", type=int, default=100, help="number of classes")
+    bn.add_argument("--epochs", type=int,
+                    help="schedule the cache cost is amortised over (default: each method's)")
+    bn.add_argument("--cache-views", type=int, default=10)
+    bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
+    bn.add_argument("--peak-tflops", type=float,
+                    help="the GPU's dense bf16 peak (default: looked up from its name)")
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--out", default="runs/bench/bench.json")
+    bn.add_argument("--quiet", action="store_true")
+    bn.set_defaults(func=cmd_bench)
     return p
 
 

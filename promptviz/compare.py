@@ -55,7 +55,8 @@ class CompareConfig:
     backbone: str = "toyclip"
     data_root: str = "data/toyworld"
     out: str = "runs/compare"
-    epochs: int | None = None
+    epochs: int | None = None           # None = each method's default
+    batch_size: int | None = None       # None = each method's default (32; CoCoOp 1)
     device: str = "cpu"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per method
     progress: bool = False
@@ -66,7 +67,7 @@ def _train_cfg(cfg: CompareConfig, method: str, dataset: str, shots: int, seed: 
     return TrainConfig(method=method, backbone=cfg.backbone, dataset=dataset,
                        data_root=cfg.data_root, protocol=protocol, shots=shots, seed=seed,
                        out=str(out), epochs=None if method == "zeroshot" else cfg.epochs,
-                       device=cfg.device, progress=cfg.progress,
+                       batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
                        options=dict(cfg.options.get(method, {})))
 
 

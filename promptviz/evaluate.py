@@ -26,8 +26,9 @@ def harmonic_mean(base: float, new: float) -> float:
 @torch.no_grad()
 def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
              batch_size: int = 128, num_workers: int = 0, progress: bool = True,
-             desc: str = "eval") -> float:
-    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates."""
+             desc: str = "eval", precision: str = "auto") -> float:
+    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates
+    (bf16 autocast on CUDA unless ``precision="fp32"``)."""
     if not samples:
         return float("nan")
     bb = method.backbone
@@ -35,7 +36,7 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
     method.eval()
     loader = DataLoader(ImageDataset(samples, clip_transform(bb.image_size, bb.mean, bb.std)),
                         batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with autocast_for(bb.device):
+    with autocast_for(bb.device, precision):
         text = None if method.text_depends_on_image else method.text_features()  # once
         correct = torch.zeros((), dtype=torch.long, device=bb.device)
         for images, labels, _ in progress_bar(loader, desc=desc, enabled=progress):

@@ -7,19 +7,21 @@ against ToyWorld's ground truth, patch by patch:
   kind (one shape, one colour…)? Compared with :func:`random_purity`, the purity of
   a random assignment with the same slot sizes.
 * :func:`on_object_share` — how many of the patches SEP selects lie on an object?
-  Compared with :func:`object_area_share`, what random patches would score.
+  Compared with :func:`object_area_share`, what random patches would score;
+  :func:`on_object_by_layer` gives it for every rebuilt layer of selection records.
 
 Helpers turn ToyWorld ground truth into per-patch labels:
-:func:`patch_object_mask` and :func:`patch_attribute_labels`.
+:func:`patch_object_mask`, :func:`object_patches_of` and :func:`patch_attribute_labels`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from promptviz.toyworld.render import patch_attributes
+from promptviz.toyworld.suite import load_ground_truth
 from promptviz.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
 
 VOCABULARIES = {"shape": tuple(SHAPES), "colour": tuple(COLOURS), "pattern": tuple(PATTERNS),
@@ -128,6 +130,45 @@ def object_area_share(object_patches: object) -> float:
     return float(obj.mean(axis=1).mean())
 
 
+def on_object_by_layer(records: Mapping | Sequence[Mapping], object_patches: object
+                       ) -> dict[int, float]:
+    """:func:`on_object_share` of SEP's visual selection at every rebuilt layer.
+
+    ``records`` is one ``SEP.selection_record(images)`` or a list of them for
+    consecutive batches; ``object_patches`` ``[N, g²]`` (see :func:`patch_object_mask`)
+    covers all their images in the same order. Every selected patch of every image
+    counts once (a faithful-mode batch selection counts for each image of the batch);
+    selected CLS tokens are skipped. Returns ``{layer: share}``.
+    """
+    recs = [records] if isinstance(records, Mapping) else list(records)
+    obj = _np(object_patches, bool)
+    obj = obj.reshape(obj.shape[0], -1)
+    hits: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    start = 0
+    for rec in recs:
+        layers = rec["vision"]
+        if not layers:
+            continue
+        first = next(iter(layers.values()))
+        n = _np(first["scores"]).shape[0]          # images in this batch
+        if start + n > obj.shape[0]:
+            raise ValueError(f"the records cover more than the {obj.shape[0]} images of "
+                             "object_patches")
+        block = obj[start:start + n]
+        for layer, r in layers.items():
+            sel = tokens_to_patches(r["selected"])
+            sel = np.broadcast_to(sel, (n, sel.shape[-1])) if sel.ndim == 1 else sel
+            keep = sel >= 0
+            rows = np.broadcast_to(np.arange(n)[:, None], sel.shape)
+            hits[int(layer)] = hits.get(int(layer), 0) + int(block[rows[keep], sel[keep]].sum())
+            counts[int(layer)] = counts.get(int(layer), 0) + int(keep.sum())
+        start += n
+    if start != obj.shape[0]:
+        raise ValueError(f"the records cover {start} images, object_patches {obj.shape[0]}")
+    return {k: hits[k] / counts[k] if counts[k] else float("nan") for k in sorted(counts)}
+
+
 # --- ToyWorld ground truth as per-patch labels ---------------------------------------
 
 def patch_object_mask(gt_patch_labels: object, targets: Sequence[int] | None = None
@@ -144,6 +185,17 @@ def patch_object_mask(gt_patch_labels: object, targets: Sequence[int] | None = N
     if targets is None:
         return lab > 0
     return lab == (np.asarray(targets, np.int64)[:, None] + 1)
+
+
+def object_patches_of(impaths: Sequence[str], target_only: bool = False) -> np.ndarray:
+    """:func:`patch_object_mask` of ToyWorld suite images given their paths (e.g.
+    ``[s.impath for s in ds.test]``), read from the ground-truth sidecars; ``[N, g²]``.
+    ``target_only`` keeps only the class-defining object of each image."""
+    gts = [load_ground_truth(p) for p in impaths]
+    if not gts:
+        return np.zeros((0, 0), bool)
+    labels = np.stack([gt.patch_labels for gt in gts])
+    return patch_object_mask(labels, [gt.target for gt in gts] if target_only else None)
 
 
 def attribute_vocabulary(attr: str) -> list[str]:

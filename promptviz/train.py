@@ -178,14 +178,15 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
             optim.step()
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
-            correct += int((logits.argmax(-1) == labels).sum()) if step % 10 == 0 else 0
-            seen += len(labels) if step % 10 == 0 else 0
+            if step % 10 == 0:                    # on the device: read once per epoch
+                correct = correct + (logits.argmax(-1) == labels).sum()
+                seen += len(labels)
         logs = {k: float(v) / max(step + 1, 1) for k, v in sums.items()}   # one sync per epoch
         if not math.isfinite(logs["loss"]):
             raise PromptvizError(
                 f"the training loss became {logs['loss']} in epoch {epoch + 1}; lower the "
                 f"learning rate (--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
-        logs.update(epoch=epoch + 1, lr=lr, train_acc=100.0 * correct / max(seen, 1),
+        logs.update(epoch=epoch + 1, lr=lr, train_acc=100.0 * float(correct) / max(seen, 1),
                     seconds=time.perf_counter() - t0)
         history.append(logs)
         if resume is not None:
@@ -202,14 +203,16 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
 def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
                  ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """The frozen image tower on every training image, under ``cache_views`` augmented views
-    (at most one per epoch): what ``method.encode_images(train=True)`` returns, kept on the
-    device, so that a training step costs only the text side and the method's own modules."""
+    (at most one per epoch; one without augmentation, when every view would be the same):
+    what ``method.encode_images(train=True)`` returns, kept on the device, so that a
+    training step costs only the text side and the method's own modules."""
     loader = DataLoader(data, batch_size=cfg.eval_batch_size, shuffle=False,
                         num_workers=cfg.num_workers)
     views = []
+    n_views = max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
     with torch.random.fork_rng(devices=[]):      # the views depend on the seed alone
         torch.manual_seed(cfg.seed)
-        for v in range(max(1, min(cfg.cache_views, cfg.epochs))):
+        for v in range(n_views):
             views.append(_encode_view(method, loader, cfg, v))
     return views
 
@@ -232,7 +235,9 @@ def cached_batches(view: tuple[dict[str, torch.Tensor], torch.Tensor], order: li
                    batch_size: int, drop_last: bool):
     """Batches of cached features, visiting the images in ``order`` (as the image path does)."""
     feats, labels = view
-    order = torch.tensor(order)
+    device = next(iter(feats.values())).device
+    order = torch.tensor(order, device=device)   # one host-to-device copy per epoch, none
+    labels = labels.to(device)                   # per step (each would synchronise on CUDA)
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
@@ -271,7 +276,7 @@ def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
     out = {}
     for key, ds in eval_sets.items():
         out[key] = evaluate(method, ds.test, ds.classnames, ds.template, cfg.eval_batch_size,
-                            cfg.num_workers, cfg.progress, desc=key)
+                            cfg.num_workers, cfg.progress, desc=key, precision=cfg.precision)
     if "base_acc" in out:
         out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
     return out
@@ -311,6 +316,23 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     return results
 
 
+def load_method(checkpoint: str | Path, device: str = "cpu",
+                loaded: tuple[dict, dict] | None = None) -> tuple[Method, dict[str, Any]]:
+    """The trained method in a checkpoint folder written by :func:`run`, and its metadata.
+
+    The backbone named in the checkpoint is loaded; the method is rebuilt with the
+    options and class names it was trained with, then its trainable state restored.
+    """
+    from promptviz.checkpoint import load_checkpoint
+    state, meta = loaded or load_checkpoint(checkpoint)
+    model = load_clip(meta["backbone"], check_device(device))
+    method = build_method(meta["method"], model, meta["classnames"], meta["template"],
+                          meta["options"])
+    method.load_trainable_state(state)
+    method.eval()
+    return method, meta
+
+
 def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str = "data",
              protocol: str | None = None, device: str = "cpu", backbone: str | None = None,
              progress: bool = True) -> dict[str, Any]:
@@ -332,10 +354,7 @@ def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str 
             f"dataset now has ({len(meta['classnames'])} vs {len(train_set.classnames)}); "
             "was the dataset rebuilt or the protocol changed? Re-train or pass the matching "
             "--protocol")
-    model = load_clip(meta["backbone"], check_device(device))
-    method = build_method(meta["method"], model, meta["classnames"], meta["template"],
-                          meta["options"])
-    method.load_trainable_state(state)
+    method, _ = load_method(checkpoint, device, (state, meta))
     metrics = evaluate_protocol(method, eval_sets, cfg)
     return {"method": meta["method"], "backbone": meta["backbone"], "dataset": ds.name,
             "protocol": cfg.protocol, "shots": meta["shots"], "seed": meta["seed"], **metrics}

@@ -64,3 +64,24 @@ def test_schedule():
     cfg = PretrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=0.0)
     assert lr_at(0, cfg) == 1e-4 and lr_at(9, cfg) == 1e-3
     assert abs(lr_at(55, cfg) - 5e-4) < 1e-9 and lr_at(99, cfg) < 1e-5
+
+
+def test_model_card_provenance_comes_from_the_run(tmp_path):
+    from promptviz.modelcard import model_card, provenance
+    from promptviz.pretrain import patch_targets
+    from promptviz.toyworld import sample_batch
+    weights = pretrain(_cfg(tmp_path, steps=2, warm_steps=5, log_every=1, probe_every=2))
+    p = provenance(tmp_path, weights, seconds=90.0, hardware="a test")
+    assert "--warm-steps 5 --steps 2 --batch-size 32" in p["command"]
+    assert p["time"].startswith("2 minutes") and p["hardware"] == "a test"
+    assert "| 5 |" in p["log"]                   # warm step 5 is logged in the card's table
+    card = {"zero_shot": [], "zeroshot_b2n": [], "coop_b2n": [], "seeds": [1],
+            "bars": {"all_three_x_chance": True, "coop_base_gain_mean": 6.0,
+                     "shift_drop": {"toy_shapes_sketch": -10.0}}}
+    text = model_card(card, p)
+    assert "# toyclip — model card" in text and p["command"] in text
+    # per-patch targets: 0 on the background, 1 + the object's attribute index on objects
+    batch = sample_batch(2, torch.Generator().manual_seed(0), 32)
+    y = patch_targets(batch, "shape", ("circle", "square", "triangle", "star", "heart", "cross",
+                                       "diamond", "hexagon", "ring", "crescent"), 8)
+    assert y.shape == (2, 16) and (y == 0).any() and (y > 0).any()

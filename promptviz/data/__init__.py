@@ -22,7 +22,7 @@ from promptviz.data.datasets import (
     scan_data_root,
 )
 from promptviz.data.fewshot import few_shot, subsample_classes
-from promptviz.data.transforms import ImageDataset, clip_transform, train_transform
+from promptviz.data.transforms import ImageDataset, clip_transform, load_images, train_transform
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -36,6 +36,7 @@ __all__ = [
     "find_spec",
     "format_report",
     "load_dataset",
+    "load_images",
     "read_split_zhou",
     "scan_data_root",
     "subsample_classes",

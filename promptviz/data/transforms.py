@@ -91,3 +91,13 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label, index
+
+
+def load_images(samples: Sequence[Sample], image_size: int, mean: Sequence[float],
+                std: Sequence[float]) -> torch.Tensor:
+    """``samples`` read and preprocessed with :func:`clip_transform`, stacked ``[N, 3, S, S]``
+    (for a handful of images to look at; use a ``DataLoader`` for a whole split)."""
+    data = ImageDataset(samples, clip_transform(image_size, mean, std))
+    if not len(data):
+        raise PromptvizError("load_images got no samples")
+    return torch.stack([data[i][0] for i in range(len(data))])

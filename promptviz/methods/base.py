@@ -209,3 +209,14 @@ def zero_shot_text_features(backbone: Backbone, classnames: list[str], template:
     feats = [backbone.encode_text(ids[i:i + chunk], normalize=True)
              for i in range(0, len(ids), chunk)]
     return torch.cat(feats).float()
+
+
+def trainable_parameter_counts(method: nn.Module) -> dict[str, int]:
+    """Trainable parameters of ``method`` by top-level part (``prompt``, ``text_tfm``…),
+    in registration order; the frozen backbone has none."""
+    counts: dict[str, int] = {}
+    for name, p in method.named_parameters():
+        if p.requires_grad:
+            part = name.split(".")[0]
+            counts[part] = counts.get(part, 0) + p.numel()
+    return counts

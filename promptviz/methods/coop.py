@@ -54,14 +54,18 @@ class PromptLearner(nn.Module):
             self.placeholder = " ".join(["X"] * n_ctx)
         self.n_ctx = n_ctx
         self.ctx = nn.Parameter(ctx)
+        self.csc_classnames: list[str] | None = None    # the classes of class-specific rows
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Tokenise ``"{context placeholder} {class}."`` and keep the frozen embeddings."""
-        if self.class_specific and self.ctx.shape[0] != len(classnames):
+        if self.class_specific and (self.ctx.shape[0] != len(classnames) or
+                                    self.csc_classnames not in (None, list(classnames))):
             raise PromptvizError(
                 f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot "
                 f"be used for {len(classnames)} other classes; use class_specific=false for "
                 "base-to-novel transfer")
+        if self.class_specific:   # context row i belongs to this class from now on
+            self.csc_classnames = list(classnames)
         bb = self.backbone[0]
         names = [c.replace("_", " ") for c in classnames]
         ids = bb.tokenize([f"{self.placeholder} {n}." for n in names])

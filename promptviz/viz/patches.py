@@ -55,12 +55,33 @@ def _add_patch_view(fig: go.Figure, image: np.ndarray, values: np.ndarray | None
                                  zmax=zmax if zmax is not None else float(v.max() or 1.0),
                                  showscale=showscale, hovertemplate="patch value %{z:.3f}"
                                  "<extra></extra>"), **kw)
-    for idx in highlight or ():
+    if highlight is not None and len(highlight):
         g = _grid(values).shape[0] if values is not None else grid
-        p = h / g
-        r, c = divmod(int(idx), g)
-        fig.add_shape(type="rect", x0=c * p - 0.5, x1=(c + 1) * p - 0.5, y0=r * p - 0.5,
-                      y1=(r + 1) * p - 0.5, line=dict(color="#ff2d2d", width=2), **kw)
+        outline_patches(fig, highlight, g, h, row, col)
+
+
+def outline_patches(fig: go.Figure, patches: Sequence[int], grid: int, image_size: int,
+                    row: int | None = None, col: int | None = None, color: str = "#ff2d2d",
+                    width: float = 2) -> None:
+    """Outline patches (flat row-major indices, 0 = top-left) of a ``grid × grid`` image.
+
+    The rectangles go into the layout in one update: ``fig.add_shape`` once per patch
+    is quadratic (plotly re-validates every shape already there), which made a
+    gallery of a few hundred outlined patches take minutes.
+    """
+    ref = {}
+    if row is not None:
+        sub = fig.get_subplot(row, col)
+        ref = {"xref": sub.xaxis.plotly_name.replace("axis", ""),
+               "yref": sub.yaxis.plotly_name.replace("axis", "")}
+    p = image_size / grid
+    new = []
+    for idx in patches:
+        r, c = divmod(int(idx), grid)
+        new.append(dict(type="rect", x0=c * p - 0.5, x1=(c + 1) * p - 0.5, y0=r * p - 0.5,
+                        y1=(r + 1) * p - 0.5, line=dict(color=color, width=width), **ref))
+    if new:
+        fig.layout.shapes = (*fig.layout.shapes, *new)
 
 
 def patch_overlay(image: np.ndarray, values: np.ndarray | None = None,

@@ -8,6 +8,7 @@ into the prompts with a Token Fusion Module (TFM). These views show
 * which text positions were picked — :func:`text_selection`;
 * how much of the picked tokens the TFM keeps — :func:`fusion_scalars` (``s1``, ``s2``);
 * whom each prompt attends to — :func:`tfm_attention`.
+* whether the picked patches lie on objects, per layer — :func:`on_object_figure`.
 
 Inputs are the plain arrays of ``SEP.selection_record(images)``. Visual token
 indices there *include* CLS at 0 (patch ``p`` is token ``p + 1``); CLS has no place
@@ -249,4 +250,31 @@ def tfm_attention(attn: object, labels: Sequence[str] | None = None,
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=title, width=cols * cell + 140, height=rows * (cell + 30) + 70,
                       margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def on_object_figure(shares: Mapping[str, Mapping[int, float]],
+                     baseline: float | Mapping[str, float],
+                     title: str = "Selected visual tokens that lie on an object") -> go.Figure:
+    """The on-object share of the selected patches per layer, one line per run (e.g.
+    ``{"faithful": on_object_by_layer(...), "per_sample": ...}``), against the chance
+    ``baseline`` (the object-area share: what randomly chosen patches would score), drawn
+    dashed. A mapping of baselines draws one dashed line each."""
+    fig = go.Figure()
+    colours = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+    for i, (name, by_layer) in enumerate(shares.items()):
+        layers = sorted(int(v) for v in by_layer)
+        fig.add_trace(go.Scatter(
+            x=layers, y=[100.0 * by_layer[v] for v in layers], mode="lines+markers",
+            name=name, line=dict(color=colours[i % len(colours)]),
+            hovertemplate=f"{name}, layer %{{x}}: %{{y:.1f}}%<extra></extra>"))
+    lines = baseline if isinstance(baseline, Mapping) else {"object area (chance)": baseline}
+    for i, (name, value) in enumerate(lines.items()):
+        fig.add_hline(y=100.0 * float(value), line=dict(color="#777", dash=("dash", "dot")[i % 2]),
+                      annotation_text=f"{name}: {100.0 * float(value):.1f}%",
+                      annotation_position="bottom right")
+    fig.update_layout(title=title, width=600, height=380, template="simple_white",
+                      xaxis=dict(title="layer (block the prompts are rebuilt before)", dtick=1),
+                      yaxis=dict(title="selected patches on an object (%)", range=[0, 100]),
+                      margin=dict(l=60, r=20, t=50, b=50))
     return fig

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from promptviz.viz.embeddings import as_numpy
-from promptviz.viz.patches import patch_overlay, to_uint8_image
+from promptviz.viz.patches import outline_patches, patch_overlay, to_uint8_image
 
 OUTLINE = "#ff2d2d"
 
@@ -34,12 +34,7 @@ def add_outlines(fig: go.Figure, patches: Sequence[int], grid: int, image_size: 
                  row: int | None = None, col: int | None = None, color: str = OUTLINE,
                  width: float = 2) -> None:
     """Outline patches (flat row-major indices, 0 = top-left) of a ``grid × grid`` image."""
-    p = image_size / grid
-    kw = {"row": row, "col": col} if row is not None else {}
-    for idx in patches:
-        r, c = divmod(int(idx), grid)
-        fig.add_shape(type="rect", x0=c * p - 0.5, x1=(c + 1) * p - 0.5, y0=r * p - 0.5,
-                      y1=(r + 1) * p - 0.5, line=dict(color=color, width=width), **kw)
+    outline_patches(fig, patches, grid, image_size, row, col, color, width)
 
 
 def read_weights_heatmap(weights: object, classnames: Sequence[str],

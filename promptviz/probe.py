@@ -1,0 +1,168 @@
+"""Looking inside a frozen CLIP: what a caption and an image become, where the CLS token
+looks, and which classes zero-shot CLIP mixes up (notebooks 01 and 02).
+
+Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arrays:
+
+* :func:`token_strings` — the BPE pieces the text tower reads, start and end tokens included;
+* :func:`prompt_layout` — the same for a CoOp-style prompt, the learned slots marked ``[v1]``…;
+* :func:`load_images` — samples as a CLIP-ready batch plus the pixels the model sees;
+* :func:`cls_attention` — CLS → patch attention of chosen visual layers;
+* :func:`attention_on_object` — the share of that attention landing on given patches;
+* :func:`predict`, :func:`confusion_matrix`, :func:`top_confusions` — per-image predictions
+  and the class pairs they mix up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from promptviz.backbone import ActivationCache, Backbone
+from promptviz.data import ImageDataset, Sample, clip_transform
+from promptviz.evaluate import autocast_for
+from promptviz.methods import Method
+from promptviz.viz.patches import to_uint8_image
+
+# --- text ----------------------------------------------------------------------------
+
+def _pieces(backbone: Backbone, ids: Tensor, strip_eow: bool) -> list[str]:
+    decoder = backbone.tokenizer.decoder
+    out = []
+    for i in ids.tolist():
+        if i == 0:                       # padding after the end token
+            continue
+        piece = decoder[int(i)]
+        out.append(piece.replace("</w>", "") if strip_eow else piece)
+    return out
+
+
+def token_strings(backbone: Backbone, text: str, strip_eow: bool = True) -> list[str]:
+    """The BPE pieces of ``text`` as the text tower reads them (padding dropped).
+
+    The first piece is ``<start_of_text>``, the last ``<end_of_text>`` (EOT), whose final
+    state becomes the text feature. ``strip_eow=False`` keeps CLIP's ``</w>`` end-of-word
+    marks, which show where a word was split into several pieces.
+    """
+    return _pieces(backbone, backbone.tokenize([text])[0].cpu(), strip_eow)
+
+
+def prompt_layout(method: Method, index: int = 0) -> list[str]:
+    """The token sequence a CoOp-style method feeds the text tower for class ``index``.
+
+    Learned context slots read ``[v1]`` … ``[vM]``; the rest are the frozen pieces
+    (start token, class-name pieces, ``.``, end token), in the order of the method's
+    ``class_token_position`` (end, middle or front).
+    """
+    prompt = getattr(method, "prompt", None)
+    if prompt is None or not hasattr(prompt, "n_ctx"):
+        raise TypeError(f"{type(method).__name__} has no learned text prompt (CoOp-style)")
+    pieces = _pieces(method.backbone, prompt.ids[index].cpu(), strip_eow=True)
+    m, n = prompt.n_ctx, prompt.name_lens[index]
+    ctx = [f"[v{i + 1}]" for i in range(m)]
+    start, name, rest = pieces[:1], pieces[1 + m:1 + m + n], pieces[1 + m + n:]
+    if prompt.position == "front":
+        return start + name + ctx + rest
+    if prompt.position == "middle":
+        return start + ctx[:m // 2] + name + ctx[m // 2:] + rest
+    return start + ctx + name + rest
+
+
+# --- images --------------------------------------------------------------------------
+
+def load_images(samples: Sequence[Sample], backbone: Backbone) -> tuple[Tensor, np.ndarray]:
+    """``samples`` as a CLIP-normalised batch ``[B, 3, S, S]`` on the backbone's device, and
+    the same pixels as uint8 ``[B, S, S, 3]`` (after resize and crop: what the model sees)."""
+    transform = clip_transform(backbone.image_size, backbone.mean, backbone.std)
+    batch = []
+    for s in samples:
+        with Image.open(s.impath) as im:
+            batch.append(transform(im))
+    images = torch.stack(batch)
+    raw = np.stack([to_uint8_image(x.numpy(), backbone.mean, backbone.std) for x in images])
+    return images.to(backbone.device), raw
+
+
+@torch.no_grad()
+def cls_attention(backbone: Backbone, images: Tensor,
+                  layers: Iterable[int] | None = None) -> Tensor:
+    """CLS → patch attention (heads averaged) of visual ``layers`` (default: all):
+    ``[L, B, g²]``, row-major patches. The CLS → CLS weight is left out, so a row sums
+    to less than 1."""
+    layers = list(range(backbone.info.vision_layers)) if layers is None else list(layers)
+    cache = ActivationCache(attn_layers=layers, keep_resid=False)
+    backbone.encode_image(images.to(backbone.device), cache=cache)
+    return torch.stack([cache.cls_attention(layer) for layer in layers]).float().cpu()
+
+
+def attention_on_object(attention: object, object_mask: object) -> float:
+    """Mean share of each image's patch attention that falls on its ``object_mask`` patches.
+
+    ``attention`` ``[B, g²]`` (or one ``[g²]``), non-negative; ``object_mask`` the same
+    shape, True on object patches (e.g. :func:`promptviz.scores.patch_object_mask`).
+    Attention spread evenly scores the object's area share
+    (:func:`promptviz.scores.object_area_share`).
+    """
+    a = attention.detach().float().cpu().numpy() if hasattr(attention, "detach") \
+        else np.asarray(attention, np.float64)
+    a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
+    mask = np.asarray(object_mask, bool).reshape(a.shape)
+    total = a.sum(axis=1)
+    share = (a * mask).sum(axis=1) / np.where(total > 0, total, 1.0)
+    return float(share.mean())
+
+
+# --- predictions ---------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
+            batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and true labels (int arrays ``[N]``) of ``method`` on ``samples``,
+    with ``classnames`` as the candidates (the per-image version of
+    :func:`promptviz.evaluate.evaluate`)."""
+    bb = method.backbone
+    method.set_classnames(classnames, template)
+    method.eval()
+    loader = DataLoader(ImageDataset(samples, clip_transform(bb.image_size, bb.mean, bb.std)),
+                        batch_size=batch_size, shuffle=False)
+    preds, labels = [], []
+    with autocast_for(bb.device):
+        text = None if method.text_depends_on_image else method.text_features()
+        for images, y, _ in loader:
+            preds.append(method.logits(images.to(bb.device), text).argmax(-1).cpu())
+            labels.append(y)
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return torch.cat(preds).numpy().astype(np.int64), torch.cat(labels).numpy().astype(np.int64)
+
+
+def confusion_matrix(preds: object, labels: object, n_classes: int) -> np.ndarray:
+    """Counts ``[n_classes, n_classes]``: row = true class, column = predicted class."""
+    p, y = np.asarray(preds, np.int64).ravel(), np.asarray(labels, np.int64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"{p.size} predictions for {y.size} labels")
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y, p), 1)
+    return cm
+
+
+def top_confusions(cm: np.ndarray, classnames: Sequence[str], k: int = 5
+                   ) -> list[tuple[str, str, float]]:
+    """The ``k`` most frequent mistakes as ``(true, predicted, percent of the true class's
+    images)``, largest first (ties in class order); pairs that never happen are left out."""
+    cm = np.asarray(cm, np.int64)
+    rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off.ravel(), kind="stable")[:k]
+    out = []
+    for flat in order:
+        t, p = divmod(int(flat), cm.shape[1])
+        if off[t, p] == 0:
+            break
+        out.append((str(classnames[t]), str(classnames[p]), 100.0 * off[t, p] / rows[t, 0]))
+    return out

@@ -1,0 +1,168 @@
+"""``promptviz bench`` and the correctness of the optimised path it measures."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from promptviz.backbone import Backbone
+from promptviz.bench import (
+    BenchConfig,
+    bench_method,
+    count_attention,
+    format_bench,
+    image_tower_macs,
+)
+from promptviz.cli import main
+from promptviz.methods import build_method
+from promptviz.train import TrainConfig, run
+
+TINY = ["--backbone", "pv-tiny", "--classes", "5", "--steps", "1", "--warmup", "1",
+        "--batch-size", "4", "--eval-batch-size", "4", "--quiet"]
+PHASE_KEYS = {"images_per_s", "seconds", "peak_mib"}
+
+
+def test_bench_cli_writes_the_documented_json(tmp_path, capsys):
+    out = tmp_path / "bench" / "bench.json"
+    assert main(["bench", "--methods", "zeroshot", "coop", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "coop" in printed and "train×" in printed and f"wrote {out}" in printed
+    res = json.loads(out.read_text())
+    for key in ("schema", "backbone", "image_size", "classes", "device", "device_name",
+                "torch", "open_clip", "steps", "warmup", "paths", "memory_metric",
+                "attention", "image_tower_gmacs_per_image", "methods"):
+        assert key in res, key
+    assert res["backbone"] == "pv-tiny" and res["device"] == "cpu" and res["classes"] == 5
+    assert res["torch"] == torch.__version__ and res["open_clip"] == open_clip.__version__
+    zs, coop = res["methods"]
+    assert [zs["method"], coop["method"]] == ["zeroshot", "coop"]
+    for row in res["methods"]:
+        assert row["batch_size"] == 4 and set(row["ratios"]) == {
+            "train", "train_amortised", "eval", "train_memory", "eval_memory"}
+        for path in ("optimised", "straightforward"):
+            assert PHASE_KEYS <= set(row[path]["eval"]) and row[path]["dtype"] == "float32"
+            assert row[path]["eval"]["images_per_s"] > 0
+    assert zs["optimised"]["train"] is None and zs["ratios"]["train"] is None
+    fast, slow = coop["optimised"], coop["straightforward"]
+    assert fast["train"]["feature_cache"] and not slow["train"]["feature_cache"]
+    assert fast["eval"]["text"] == "once per evaluation" and slow["eval"]["text"] == "per batch"
+    assert fast["train"]["cache_images_per_s"] > 0 and fast["train"]["cache_bytes_per_image"] > 0
+    assert coop["ratios"]["train"] == pytest.approx(
+        fast["train"]["images_per_s"] / slow["train"]["images_per_s"], rel=1e-2)
+    assert coop["amortised_over"] == {"epochs": 10, "cache_views": 10}
+    # the default path never asks open_clip's attention for its weights (fused SDPA path)
+    assert fast["train"]["per_step"]["need_weights_calls"] == 0
+    assert fast["train"]["per_step"]["mha_calls"] > 0
+
+
+def test_bench_every_method_on_a_tiny_clip(tiny_clip):
+    """CoCoOp (image-dependent text), TextRefiner (cached tokens and attention) and SEP
+    (not cacheable) go through both paths too."""
+    cfg = BenchConfig(backbone="pv-tiny", classes=4, steps=1, warmup=0, batch_size=2,
+                      eval_batch_size=2, progress=False).resolved(torch.device("cpu"))
+    names = [f"class {i}" for i in range(4)]
+    rows = {m: bench_method(m, tiny_clip, cfg, names) for m in ("cocoop", "textrefiner", "sep")}
+    assert rows["cocoop"]["optimised"]["eval"]["text"] == "per batch"    # depends on image
+    assert rows["textrefiner"]["optimised"]["train"]["feature_cache"]
+    assert not rows["sep"]["optimised"]["train"]["feature_cache"]       # image side trains
+    assert "amortised_over" not in rows["sep"]
+    # TextRefiner's cache holds last-layer tokens too: more bytes per image than CoOp's f
+    d = tiny_clip.embed_dim
+    n_tokens = 1 + tiny_clip.grid_size[0] * tiny_clip.grid_size[1]
+    assert rows["textrefiner"]["optimised"]["train"]["cache_bytes_per_image"] == \
+        4 * (d + n_tokens * d + n_tokens - 1)
+    print(format_bench({"backbone": "pv-tiny", "image_size": 32, "device_name": "cpu",
+                        "classes": 4, "paths": {"optimised": {"dtype": "float32"}},
+                        "memory_metric": {"name": None}, "methods": list(rows.values())}))
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--methods", "coop2", "unknown method"),
+    ("--steps", "0", "--steps must be at least 1"),
+    ("--classes", "0", "--classes must be at least 1"),
+    ("--backbone", "no-such-clip", "unknown backbone"),
+    ("--device", "tpu", "unknown device"),
+])
+def test_bench_bad_flags(tmp_path, capsys, flag, value, words):
+    args = ["bench", *TINY, "--out", str(tmp_path / "b.json")]
+    args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and words.lower() in err.lower()
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_bench_cuda_without_gpu(tmp_path, capsys):
+    assert main(["bench", *TINY, "--device", "cuda", "--out", str(tmp_path / "b.json")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_image_tower_macs_of_vit_b16():
+    """The commonly quoted 17.6 "GFLOPs" of ViT-B/16 at 224 px (multiply-accumulates)."""
+    with torch.device("meta"):                           # shapes only: no weights, no memory
+        model = open_clip.model.CLIP(**open_clip.get_model_config("ViT-B-16"))
+    assert image_tower_macs(Backbone(model, "ViT-B-16")) / 1e9 == pytest.approx(17.56, abs=0.01)
+
+
+def test_default_paths_do_not_ask_attention_weights(tiny_clip):
+    """open_clip's blocks take the fused scaled-dot-product path unless weights are asked
+    for; only TextRefiner's training encoder asks, once, for its CLS attention."""
+    names = ["red", "green", "blue"]
+    images = torch.randn(2, 3, tiny_clip.image_size, tiny_clip.image_size)
+    labels = torch.tensor([0, 2])
+    for name in ("zeroshot", "coop", "kgcoop", "cocoop", "sep"):
+        method = build_method(name, tiny_clip, names, "a photo of a {}.")
+        with count_attention() as counts:
+            method.logits(images)
+            if method.trainable_parameters():
+                method.loss(images, labels)
+        assert counts["mha_calls"] > 0 and counts["need_weights_calls"] == 0, name
+    refiner = build_method("textrefiner", tiny_clip, names, "a photo of a {}.")
+    with count_attention() as counts:
+        refiner.encode_images(images, train=True)
+    assert counts["need_weights_calls"] == 1
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep"])
+def test_text_once_per_evaluation_is_exact(tiny_clip, name):
+    """Evaluation reuses one ``text_features()`` for every batch: the same logits, bit for
+    bit, as recomputing the text for each batch."""
+    method = build_method(name, tiny_clip, ["red", "green", "blue"], "a photo of a {}.")
+    method.eval()
+    images = torch.randn(3, 3, tiny_clip.image_size, tiny_clip.image_size)
+    with torch.no_grad():
+        text = None if method.text_depends_on_image else method.text_features()
+        assert torch.equal(method.logits(images, text), method.logits(images))
+
+
+# --------------------------------------------- the feature cache on a ToyWorld run
+@pytest.fixture(scope="module")
+def toyworld_root(tmp_path_factory):
+    from promptviz.toyworld import build_suite
+    root = tmp_path_factory.mktemp("toyworld")
+    build_suite(root, datasets=["toy_textures"], image_size=32, n_train=4, n_val=0, n_test=4,
+                workers=1)
+    return root
+
+
+@pytest.mark.parametrize("method, options", [
+    ("kgcoop", {}), ("cocoop", {}), ("textrefiner", {"base_method": "kgcoop"})])
+def test_feature_cache_gives_the_same_accuracy_on_toyworld(toyworld_root, tmp_path, method,
+                                                           options):
+    """Optimised (cached features) and straightforward paths do the same maths without
+    augmentation, so a fixed ToyWorld run ends with the same accuracy, exactly (coop and
+    textrefiner over coop: tests/test_train.py)."""
+    cfg = dict(method=method, backbone="pv-tiny", dataset="toy_textures",
+               data_root=str(toyworld_root), shots=4, epochs=2, batch_size=4, augment=False,
+               progress=False, options=options)
+    fast = run(TrainConfig(out=str(tmp_path / "fast"), feature_cache=True, **cfg))
+    slow = run(TrainConfig(out=str(tmp_path / "slow"), feature_cache=False, **cfg))
+    assert fast["base_acc"] == slow["base_acc"] and fast["new_acc"] == slow["new_acc"]
+    a = load_file(tmp_path / "fast" / "model.safetensors")
+    b = load_file(tmp_path / "slow" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

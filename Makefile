@@ -16,11 +16,15 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check promptviz tests
 
-# tests/ on CPU, then every notebook re-executed and compared by nbval (lax mode: the
-# cells marked NBVAL_CHECK_OUTPUT must print what the committed notebook shows).
+# tests/ on CPU (tests/browser included: it needs Chromium, which it apt-get installs as
+# root; elsewhere `make test PYTEST_ARGS='-m "not browser"'` leaves it out), then every
+# notebook re-executed and compared by nbval (lax mode: the cells marked
+# NBVAL_CHECK_OUTPUT must print what the committed notebook shows).
+PYTEST_ARGS ?=
 test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" PROMPTVIZ_PROGRESS=0 $(BIN)/python -m pytest -q \
-	    -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg
+	    -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg \
+	    $(PYTEST_ARGS)
 
 # Only the browser tests (also part of `make test`): JupyterLab and the standalone HTML
 # exports in headless Chromium via Playwright. They apt-get install chromium when it is

@@ -219,7 +219,7 @@ def fusion_scalars(s_by_layer: Mapping[int, tuple[float, float]],
                 name=f"{name} s{k + 1}", line=dict(color=colour, dash=dash),
                 hovertemplate=f"{name} s{k + 1}, layer %{{x}}: %{{y:.3f}}<extra></extra>"))
     if current_layer is not None:
-        fig.add_vline(x=current_layer, line=dict(color="#999", dash="dot"))
+        fig.add_vline(x=current_layer, line=dict(color="#999", dash="dot", width=2), opacity=1)
     fig.update_layout(title=title, width=560, height=340, template="simple_white",
                       xaxis=dict(title="layer", dtick=1), yaxis=dict(title="gate value"),
                       margin=dict(l=50, r=10, t=50, b=40))
@@ -270,7 +270,9 @@ def on_object_figure(shares: Mapping[str, Mapping[int, float]],
             hovertemplate=f"{name}, layer %{{x}}: %{{y:.1f}}%<extra></extra>"))
     lines = baseline if isinstance(baseline, Mapping) else {"object area (chance)": baseline}
     for i, (name, value) in enumerate(lines.items()):
-        fig.add_hline(y=100.0 * float(value), line=dict(color="#777", dash=("dash", "dot")[i % 2]),
+        # width set explicitly: the simple_white template draws shapes 0 px wide by default
+        fig.add_hline(y=100.0 * float(value),
+                      line=dict(color="#777", dash=("dash", "dot")[i % 2], width=1.5), opacity=1,
                       annotation_text=f"{name}: {100.0 * float(value):.1f}%",
                       annotation_position="bottom right")
     fig.update_layout(title=title, width=600, height=380, template="simple_white",

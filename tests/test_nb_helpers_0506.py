@@ -1,0 +1,144 @@
+"""Helpers behind notebooks 05 (comparison) and 06 (real CLIP on a GPU): offline checks only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptviz import readiness
+from promptviz.compare import CompareConfig, _train_cfg
+from promptviz.readiness import (
+    Readiness,
+    check_real_clip,
+    cuda_ready,
+    data_ready,
+    local_weights,
+    weights_ready,
+)
+from promptviz.viz.study import (
+    base_novel_scatter,
+    format_study,
+    per_dataset_bars,
+    pivot,
+    reference_rows,
+)
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """An empty Hugging Face cache and URL cache: nothing is ever fetched."""
+    import huggingface_hub.constants as hf
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(readiness, "URL_CACHE", tmp_path / "clip")
+    return tmp_path
+
+
+def test_readiness_is_truthy_only_when_ready():
+    assert Readiness(True, "ok") and not Readiness(False, "no")
+
+
+def test_cuda_ready_says_why_not(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = cuda_ready()
+    assert not r and "CUDA" in r.reason
+
+
+def test_local_weights_without_download(empty_caches):
+    assert local_weights("toyclip") == "toyclip" and local_weights("pv-tiny") == "pv-tiny"
+    assert local_weights("ViT-B-16") == "ViT-B-16"                     # random weights
+    assert local_weights("ViT-B-16:openai") is None                    # caches are empty
+    assert local_weights(str(empty_caches / "nope.pt")) is None
+    r = weights_ready("ViT-B-16:openai")
+    assert not r and "ViT-B-16:openai" in r.reason and r.backbone is None
+
+
+def test_local_weights_finds_the_hub_cache(empty_caches):
+    repo = empty_caches / "hf" / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    spec = local_weights("ViT-B-16:openai")
+    # OpenAI weights need QuickGELU: the spec names the quickgelu config and the file
+    assert spec == f"ViT-B-16-quickgelu:{snap / 'open_clip_pytorch_model.bin'}"
+    assert weights_ready("ViT-B-16:openai").backbone == spec
+
+
+def test_local_weights_finds_the_url_cache(empty_caches):
+    (empty_caches / "clip").mkdir()
+    (empty_caches / "clip" / "ViT-B-16.pt").write_bytes(b"x")
+    # OpenAI's archive loads through the OpenAI loader: the bare path is the spec
+    assert local_weights("ViT-B-16:openai") == str(empty_caches / "clip" / "ViT-B-16.pt")
+
+
+def test_data_ready(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("PROMPTVIZ_DATA", raising=False)
+    r = data_ready(None, ["dtd"])
+    assert not r and "PROMPTVIZ_DATA" in r.reason
+    assert not data_ready(tmp_path / "absent", ["dtd"])
+    r = data_ready(tiny_root, ["dtd", "eurosat"])
+    assert not r and "eurosat" in r.reason and "dtd" not in r.reason.split("missing")[1]
+    monkeypatch.setenv("PROMPTVIZ_DATA", str(tiny_root))
+    r = data_ready(None, ["dtd"])
+    assert r and r.data_root == str(tiny_root)
+
+
+def test_check_real_clip(tiny_root, empty_caches, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = check_real_clip("ViT-B-16:openai", tiny_root, ["dtd"])
+    assert not r and r.reason.startswith("skipped") and "CUDA" in r.reason
+    assert "weights" in r.reason and "dtd" not in r.reason        # only what is missing
+    ok = check_real_clip("pv-tiny", tiny_root, ["dtd"], device="cpu")
+    assert ok and ok.backbone == "pv-tiny" and ok.data_root == str(tiny_root)
+
+
+def test_compare_batch_size_reaches_every_run(tmp_path):
+    cfg = CompareConfig(batch_size=8, epochs=2)
+    tc = _train_cfg(cfg, "coop", "toy_shapes", 16, 1, "base2new", tmp_path)
+    assert tc.batch_size == 8 and tc.epochs == 2
+    assert _train_cfg(CompareConfig(), "cocoop", "d", 16, 1, "base2new", tmp_path
+                      ).batch_size is None                         # the method's default
+
+
+# ------------------------------------------------------------------ study views (notebook 05)
+_B2N = [{"method": "coop", "dataset": "A", "shots": 16, "base_acc": 80.0, "new_acc": 60.0,
+         "hm": 68.571, "hm_std": 1.25, "base_acc_std": 0.5, "new_acc_std": 2.0},
+        {"method": "zeroshot", "dataset": "A", "shots": 16, "base_acc": 70.0, "new_acc": 75.0,
+         "hm": 72.414},
+        {"method": "zeroshot", "dataset": "average", "shots": 16, "base_acc": 70.0,
+         "new_acc": 75.0, "hm": 72.414}]
+
+
+def test_format_study_rounds_and_shows_spread():
+    text = format_study(_B2N)
+    head, coop, *_ = text.splitlines()
+    assert head.split() == ["method", "dataset", "base", "novel", "HM"]
+    assert coop.split()[:3] == ["coop", "A", "80.0"] and "68.6 ± 1.2" in coop
+    fs = format_study([{"method": "coop", "dataset": "B", "shots": k, "acc": 50.0 + k}
+                       for k in (1, 4)])
+    assert fs.splitlines()[0].split() == ["method", "dataset", "shots", "acc"]
+    assert fs.splitlines()[2].split() == ["coop", "B", "4", "54.0"]
+
+
+def test_pivot_and_per_dataset_bars():
+    table = [{"method": m, "dataset": d, "shots": 4, "acc": a, "acc_std": 1.0}
+             for m, d, a in (("coop", "S", 50.0), ("coop", "T", 30.0), ("zs", "S", 40.0),
+                             ("zs", "T", 35.0), ("zs", "average", 37.5))]
+    rows = pivot(table)
+    assert rows == [{"method": "coop", "S": 50.0, "S_std": 1.0, "T": 30.0, "T_std": 1.0},
+                    {"method": "zs", "S": 40.0, "S_std": 1.0, "T": 35.0, "T_std": 1.0}]
+    assert pivot(table, datasets=["T"])[0] == {"method": "coop", "T": 30.0, "T_std": 1.0}
+    fig = per_dataset_bars(table)
+    assert [b.name for b in fig.data] == ["coop", "zs"] and list(fig.data[0].x) == ["S", "T"]
+
+
+def test_base_novel_scatter_and_references():
+    fig = base_novel_scatter(_B2N[:2])
+    points = [t for t in fig.data if t.mode == "markers+text"]
+    assert [(t.x[0], t.y[0]) for t in points] == [(80.0, 60.0), (70.0, 75.0)]
+    assert points[0].error_x.array[0] == 0.5 and points[1].error_x.array is None
+    refs = reference_rows()
+    coop = next(r for r in refs if r["method"] == "CoOp")
+    assert (coop["base_acc"], coop["new_acc"], coop["hm"]) == (82.69, 63.22, 71.66)
+    assert len(base_novel_scatter(refs).data) > len(refs)          # points + iso-HM curves

@@ -502,7 +502,11 @@ def _environment(device: torch.device) -> dict[str, Any]:
                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                    tf32_cudnn=torch.backends.cudnn.allow_tf32)
     elif hasattr(os, "getloadavg"):
-        env["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        load = os.getloadavg()
+        env["load_average_at_start"] = [round(x, 2) for x in load]
+        # other processes wanted more CPUs than there are: wall-clock times measure the
+        # machine's load as much as the code, so the CPU-time ratios are the ones to read
+        env["busy_machine"] = max(load[:2]) > (os.cpu_count() or 1)
     return env
 
 
@@ -585,6 +589,9 @@ def format_bench(result: dict[str, Any]) -> str:
         head.append("cpu columns: the same ratios in process CPU time (all threads), which a "
                     "busy machine disturbs less; load average at start: "
                     f"{result.get('load_average_at_start')}")
+    if result.get("busy_machine"):
+        head.append("WARNING: the machine was busy (load above its CPU count): the wall-clock "
+                    "columns are unreliable, read the cpu columns")
     cols = ["method", "batch", "train×", "train×am", "eval×"]
     cols += ["train× cpu", "train×am cpu", "eval× cpu"] if cpu else []
     cols += ["mem× train", "mem× eval", "train img/s opt | str", "eval img/s opt | str"]

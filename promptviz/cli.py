@@ -34,6 +34,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                       out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                       optimizer=a.optimizer, device=a.device, precision=a.precision,
                       num_workers=a.num_workers, progress=not a.quiet,
+                      feature_cache=not a.no_feature_cache, cache_views=a.cache_views,
+                      cache_dir=a.cache_dir,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
                                **_parse_sets(a.set)})
     res = run(cfg)
@@ -117,6 +119,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                         protocol=a.protocol, shots=a.shots, source=a.source,
                         backbone=a.backbone, data_root=a.data_root, out=a.out,
                         epochs=a.epochs, batch_size=a.batch_size, device=a.device,
+                        feature_cache=not a.no_feature_cache, cache_dir=a.cache_dir,
                         options=options,
                         progress=not a.quiet)
     table = compare(cfg)
@@ -135,6 +138,31 @@ def cmd_demo(a: argparse.Namespace) -> int:
     run_demo(DemoConfig(out=a.out, data_root=a.data_root, backbone=a.backbone,
                         datasets=a.datasets, device=a.device, progress=not a.quiet))
     return 0
+
+
+def cmd_cache(a: argparse.Namespace) -> int:
+    from promptviz import featcache
+    root = featcache.cache_root(a.cache_dir)
+    if a.action == "clear":
+        n, size = featcache.clear(root)
+        print(f"removed {n} files ({size / 2**20:.1f} MiB) from {root}")
+        return 0
+    rows = featcache.entries(root) if root.is_dir() else []
+    print(f"{root}: {len(rows)} entries, "
+          f"{sum(r.get('bytes', 0) for r in rows) / 2**20:.1f} MiB")
+    for r in rows:
+        print(f"  {r['key']}  {r.get('bytes', 0) / 2**20:8.1f} MiB  {r.get('backbone', '?')}  "
+              f"{r.get('dataset', '?')}  {r.get('shots', '?')} shots  seed {r.get('seed', '?')}"
+              f"  {r.get('views', '?')} views  {r.get('features', '?')}  {r.get('created', '')}")
+    return 0
+
+
+def add_cache_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="encode every training batch through the frozen image tower "
+                        "(the straightforward path) instead of training from cached features")
+    p.add_argument("--cache-dir", help="where cached image features live (default: "
+                   "$PROMPTVIZ_CACHE_DIR or ~/.cache/promptviz/features; '' = memory only)")
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -177,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_cache_flags(t)
+    t.add_argument("--cache-views", type=int, default=10,
+                   help="augmented views of each training image cached (at most one per epoch)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint folder")
@@ -249,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--device", default="cpu")
     cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
     cp.add_argument("--quiet", action="store_true")
+    add_cache_flags(cp)
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", help="zero-shot vs CoOp, TextRefiner and SEP on ToyWorld, "
@@ -261,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default="cpu")
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
+
+    ca = sub.add_parser("cache", help="list or clear the on-disk cache of image features")
+    ca.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    ca.add_argument("--cache-dir", help="default: $PROMPTVIZ_CACHE_DIR or "
+                    "~/.cache/promptviz/features")
+    ca.set_defaults(func=cmd_cache)
 
     bn = sub.add_parser("bench", help="optimised vs straightforward throughput and memory, "
                         "per method, on synthetic inputs")

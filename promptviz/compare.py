@@ -9,7 +9,8 @@ novel accuracies, as the papers do.
 
 Protocols: ``base2new`` and ``fewshot`` (several K) train and test on each dataset;
 ``crossdataset`` trains on ``source`` (all classes) and tests on every dataset;
-``dg`` trains on ``source`` and tests on its domain-shifted copies (same classes).
+``dg`` trains on ``source`` and tests on its domain-shifted copies (same classes). A target
+equal to the source reuses the run's own test accuracy.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class CompareConfig:
     epochs: int | None = None           # None = each method's default
     batch_size: int | None = None       # None = each method's default (32; CoCoOp 1)
     device: str = "cpu"
+    feature_cache: bool = True          # as TrainConfig.feature_cache / cache_dir
+    cache_dir: str | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per method
     progress: bool = False
 
@@ -68,6 +71,7 @@ def _train_cfg(cfg: CompareConfig, method: str, dataset: str, shots: int, seed: 
                        data_root=cfg.data_root, protocol=protocol, shots=shots, seed=seed,
                        out=str(out), epochs=None if method == "zeroshot" else cfg.epochs,
                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
+                       feature_cache=cfg.feature_cache, cache_dir=cfg.cache_dir,
                        options=dict(cfg.options.get(method, {})))
 
 
@@ -86,6 +90,12 @@ def plan(cfg: CompareConfig) -> list[tuple[str, str, int, int]]:
             for s in cfg.seeds]
 
 
+def _slug(dataset: str) -> str:
+    """A dataset's name as one folder-name component (a dataset given by path: its last part,
+    so that runs never land inside, or next to, the dataset's own folder)."""
+    return Path(dataset).name or dataset.strip("/\\") or "dataset"
+
+
 def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
     """Run (or reuse) every run of the study; return one result dict per run and target."""
     out = Path(cfg.out)
@@ -93,7 +103,7 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
     train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
     for method, dataset, shots, seed in progress_bar(plan(cfg), desc="compare",
                                                      enabled=cfg.progress):
-        folder = out / "runs" / method / dataset / f"shots{shots}" / f"seed{seed}"
+        folder = out / "runs" / method / _slug(dataset) / f"shots{shots}" / f"seed{seed}"
         if (folder / RESULTS).is_file():
             res = json.loads((folder / RESULTS).read_text())
         else:
@@ -102,7 +112,12 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
             rows.append(res)
             continue
         for target in cfg.datasets:      # transfer: evaluate the source checkpoint elsewhere
-            path = folder / f"transfer_{target}.json"
+            if target == dataset:        # the source's own test split: the run measured it
+                rows.append({**{k: res[k] for k in ("method", "backbone", "dataset", "protocol",
+                                                    "shots", "seed", "acc") if k in res},
+                             "source": dataset})
+                continue
+            path = folder / f"transfer_{_slug(target)}.json"
             if path.is_file():
                 rows.append(json.loads(path.read_text()))
                 continue

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_torch_save, atomic_write_text, save_checkpoint
 from promptviz.data import (
@@ -70,6 +71,8 @@ class TrainConfig:
     eval_batch_size: int = 128
     feature_cache: bool = True          # encode each training image once per view, reuse
     cache_views: int = 10               # augmented views cached (at most one per epoch)
+    cache_dir: str | None = None        # on-disk feature cache (None: featcache.cache_root();
+                                        # "" keeps the features in memory only)
     augment: bool = True                # random-resized-crop + flip (False: eval transform)
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)   # method options, key=value
@@ -141,7 +144,9 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     transform = train_transform if cfg.augment else clip_transform
     data = ImageDataset(train_set.train, transform(bb.image_size, bb.mean, bb.std))
     drop_last = len(data) > cfg.batch_size
-    views = encode_views(method, data, cfg) if cfg.feature_cache and method.cacheable else None
+    views = None
+    if cfg.feature_cache and method.cacheable:
+        views = cached_views(method, train_set, data, cfg)
     history: list[dict[str, float]] = []
     start = 0
     resume = out / RESUME if out else None
@@ -217,6 +222,38 @@ def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
     return views
 
 
+def cached_views(method: Method, train_set: Dataset, data: ImageDataset, cfg: TrainConfig
+                 ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """``encode_views``, read from the on-disk feature cache when an entry with the same
+    key exists, and written there otherwise (``cfg.cache_dir == ""``: memory only)."""
+    if cfg.cache_dir == "":
+        return encode_views(method, data, cfg)
+    bb = method.backbone
+    n_views = max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
+    facts = {"backbone": bb.name, "weights": featcache.backbone_fingerprint(bb.model),
+             "dataset": train_set.name, "shots": cfg.shots, "seed": cfg.seed,
+             "views": n_views, "augment": cfg.augment, "image_size": bb.image_size,
+             "mean": list(bb.mean), "std": list(bb.std), "precision": cfg.precision,
+             "device": bb.device.type, **method.image_key()}
+    items = [(f"{x.impath}\t{_stamp(x.impath)}", int(x.label)) for x in train_set.train]
+    root, key = featcache.cache_root(cfg.cache_dir), featcache.entry_key(facts, items)
+    views = featcache.load(root, key, bb.device)
+    if views is None:
+        views = encode_views(method, data, cfg)
+        featcache.store(root, key, views, dict(facts, images=len(items)))
+    return views
+
+
+def _stamp(path: str) -> str:
+    """Size and modification time: a dataset rebuilt in place gets new cache entries."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        raise PromptvizError(f"training image {path} is missing; rebuild or re-download the "
+                             "dataset") from None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def _encode_view(method: Method, loader: DataLoader, cfg: TrainConfig, v: int
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     bb = method.backbone
@@ -247,7 +284,7 @@ def cached_batches(view: tuple[dict[str, torch.Tensor], torch.Tensor], order: li
 def _key(cfg: TrainConfig) -> dict[str, Any]:
     """The parts of the config that must match for a resume to be valid."""
     d = dataclasses.asdict(cfg)
-    for k in ("out", "progress", "num_workers", "eval_batch_size", "data_root"):
+    for k in ("out", "progress", "num_workers", "eval_batch_size", "data_root", "cache_dir"):
         d.pop(k)
     return d
 

@@ -125,7 +125,8 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
     }
     views: dict[str, View] = {
         "attention": (("image",), lambda v: topk_patches_figure(
-            imgs[v["image"]], attn[v["image"]], topk[v["image"]])),
+            imgs[v["image"]], attn[v["image"]], topk[v["image"]],
+            title=f"image {v['image']}: CLS attention, top-k outlined")),
         "slot_in_image": (("image", "slot"), lambda v: slot_membership_figure(
             imgs[v["image"]], slots[v["image"]], v["slot"])),
         "class": (("class", "slot"), lambda v: class_reads_figure(
@@ -165,8 +166,8 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
         sel = selected_for_image(record, b)[layer]
         scores = as_numpy(record["vision"][layer]["scores"])[b]
         return selection_map(imgs[b], {layer: sel}, grid, {layer: scores}, cell=300,
-                             title=f"image {b}: tokens selected before block {layer} "
-                                   "(colour: mean squared activation)")
+                             title=f"image {b}, block {layer}: selected tokens<br>"
+                                   "<sub>colour: mean squared activation</sub>")
 
     def attention(v: dict) -> go.Figure:
         layer, b = layer_of(v), v["image"]

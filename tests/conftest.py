@@ -65,6 +65,18 @@ def tiny_clip():
     return load_clip("pv-tiny")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Cached image features go to a folder of this test session, not ~/.cache."""
+    old = os.environ.get("PROMPTVIZ_CACHE_DIR")
+    os.environ["PROMPTVIZ_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PROMPTVIZ_CACHE_DIR", None)
+    else:
+        os.environ["PROMPTVIZ_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     """Every test starts from the same global RNG state (method init draws from it)."""

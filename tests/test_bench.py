@@ -75,9 +75,12 @@ def test_bench_every_method_on_a_tiny_clip(tiny_clip):
     n_tokens = 1 + tiny_clip.grid_size[0] * tiny_clip.grid_size[1]
     assert rows["textrefiner"]["optimised"]["train"]["cache_bytes_per_image"] == \
         4 * (d + n_tokens * d + n_tokens - 1)
-    print(format_bench({"backbone": "pv-tiny", "image_size": 32, "device_name": "cpu",
-                        "classes": 4, "paths": {"optimised": {"dtype": "float32"}},
-                        "memory_metric": {"name": None}, "methods": list(rows.values())}))
+    table = format_bench({"backbone": "pv-tiny", "image_size": 32, "device_name": "cpu",
+                          "classes": 4, "paths": {"optimised": {"dtype": "float32"}},
+                          "memory_metric": {"name": None}, "busy_machine": True,
+                          "methods": list(rows.values())})
+    assert "train× cpu" in table and "WARNING" in table          # read the CPU-time ratios
+    assert [line.split()[0] for line in table.splitlines()[-3:]] == list(rows)
 
 
 @pytest.mark.parametrize("flag, value, words", [

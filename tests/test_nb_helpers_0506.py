@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
 from promptviz import readiness
-from promptviz.compare import CompareConfig, _train_cfg
+from promptviz.compare import CompareConfig, _slug, _train_cfg, compare
 from promptviz.readiness import (
     Readiness,
     check_real_clip,
@@ -103,9 +106,10 @@ def test_compare_batch_size_reaches_every_run(tmp_path):
 
 # ------------------------------------------------------------------ study views (notebook 05)
 _B2N = [{"method": "coop", "dataset": "A", "shots": 16, "base_acc": 80.0, "new_acc": 60.0,
-         "hm": 68.571, "hm_std": 1.25, "base_acc_std": 0.5, "new_acc_std": 2.0},
+         "hm": 68.571, "hm_std": 1.25, "base_acc_std": 0.5, "new_acc_std": 2.0,
+         "seeds": [1, 2, 3]},
         {"method": "zeroshot", "dataset": "A", "shots": 16, "base_acc": 70.0, "new_acc": 75.0,
-         "hm": 72.414},
+         "hm": 72.414, "hm_std": 0.0, "seeds": [1]},
         {"method": "zeroshot", "dataset": "average", "shots": 16, "base_acc": 70.0,
          "new_acc": 75.0, "hm": 72.414}]
 
@@ -115,6 +119,10 @@ def test_format_study_rounds_and_shows_spread():
     head, coop, *_ = text.splitlines()
     assert head.split() == ["method", "dataset", "base", "novel", "HM"]
     assert coop.split()[:3] == ["coop", "A", "80.0"] and "68.6 ± 1.2" in coop
+    assert "±" not in text.splitlines()[2]                 # one seed: no spread to show
+    ordered = format_study(_B2N, methods=["zeroshot", "coop"]).splitlines()
+    assert [line.split()[:2] for line in ordered[1:]] == [["zeroshot", "A"],
+                                                           ["zeroshot", "average"], ["coop", "A"]]
     fs = format_study([{"method": "coop", "dataset": "B", "shots": k, "acc": 50.0 + k}
                        for k in (1, 4)])
     assert fs.splitlines()[0].split() == ["method", "dataset", "shots", "acc"]
@@ -122,7 +130,7 @@ def test_format_study_rounds_and_shows_spread():
 
 
 def test_pivot_and_per_dataset_bars():
-    table = [{"method": m, "dataset": d, "shots": 4, "acc": a, "acc_std": 1.0}
+    table = [{"method": m, "dataset": d, "shots": 4, "acc": a, "acc_std": 1.0, "seeds": [1, 2]}
              for m, d, a in (("coop", "S", 50.0), ("coop", "T", 30.0), ("zs", "S", 40.0),
                              ("zs", "T", 35.0), ("zs", "average", 37.5))]
     rows = pivot(table)
@@ -142,3 +150,20 @@ def test_base_novel_scatter_and_references():
     coop = next(r for r in refs if r["method"] == "CoOp")
     assert (coop["base_acc"], coop["new_acc"], coop["hm"]) == (82.69, 63.22, 71.66)
     assert len(base_novel_scatter(refs).data) > len(refs)          # points + iso-HM curves
+
+
+def test_transfer_target_equal_to_source_reuses_the_run(tiny_root, tmp_path):
+    other = tmp_path / "dtd_copy"                   # a folder-per-class copy as a second target
+    for cls in (tiny_root / "dtd" / "images").iterdir():
+        shutil.copytree(cls, other / cls.name)
+    cfg = CompareConfig(methods=["coop"], datasets=["dtd", str(other)], seeds=[1], shots=[2],
+                        protocol="dg", source="dtd", backbone="pv-tiny",
+                        data_root=str(tiny_root), out=str(tmp_path / "dg"), epochs=1)
+    table = compare(cfg)
+    run = tmp_path / "dg" / "runs" / "coop" / "dtd" / "shots2" / "seed1"
+    assert not (run / "transfer_dtd.json").exists() and (run / "transfer_dtd_copy.json").exists()
+    own = json.loads((run / "results.json").read_text())
+    row = next(r for r in table if r["dataset"] == own["dataset"])
+    assert row["acc"] == own["acc"] and {r["dataset"] for r in table} >= {"dtd_copy"}
+    # a dataset given by path never makes the run folder absolute or nested
+    assert _slug(str(other)) == "dtd_copy" and _slug("toy_shapes") == "toy_shapes"

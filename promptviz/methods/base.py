@@ -79,6 +79,11 @@ class Method(nn.Module):
         ``train=True`` asks for what the training loss needs too (TextRefiner's tokens)."""
         return {"f": self.image_features(images)}
 
+    def image_key(self) -> dict[str, Any]:
+        """What ``encode_images(train=True)`` reads from the tower, for the on-disk feature
+        cache's key: methods that read the same share cached features (CoOp, KgCoOp)."""
+        return {"features": "f"}
+
     def logits_from(self, feats: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
         """``s · norm(f_img) @ norm(t)ᵀ`` (every method's logits unless it says otherwise)."""
         text = self.text_features() if text is None else text

@@ -22,6 +22,7 @@ paper's reading of each detail (methods.md §5.4).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,9 @@ class TextRefiner(Method):
             return {"f": self.image_features(images).float()}
         f, tokens, attn = self.encode(images)
         return {"f": f, "tokens": tokens, "attn": attn}
+
+    def image_key(self) -> dict[str, Any]:
+        return {"features": "f+tokens+attn", "layer": self.layer}
 
     def logits_from(self, feats: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
         """``s · norm(f_img) @ t̂ᵀ``; pass ``text = text_features()`` to reuse it across batches."""

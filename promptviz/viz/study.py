@@ -17,16 +17,32 @@ B2N_METRICS = ("base_acc", "new_acc", "hm")
 _HEAD = {"base_acc": "base", "new_acc": "novel", "hm": "HM", "acc": "acc"}
 
 
+def _std(row: dict[str, Any], key: str) -> float | None:
+    """The spread over seeds, or None where there is none to show (a single seed)."""
+    if len(row.get("seeds", (0, 0))) < 2:
+        return None
+    return row.get(f"{key}_std")
+
+
 def _fmt(row: dict[str, Any], key: str, digits: int) -> str:
     if key not in row:
         return "-"
-    std = row.get(f"{key}_std")
+    std = _std(row, key)
     return f"{row[key]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-def format_study(table: Sequence[dict[str, Any]], digits: int = 1) -> str:
+def format_study(table: Sequence[dict[str, Any]], digits: int = 1,
+                 methods: Sequence[str] | None = None) -> str:
     """A plain-text table, one line per (method, dataset, shots): base / novel / HM for
-    base-to-novel rows, accuracy otherwise; ``± std`` over seeds where there are several."""
+    base-to-novel rows, accuracy otherwise; ``± std`` where there are several seeds.
+
+    ``methods`` orders the rows (each method's datasets, then its average row); by
+    default the table's own order.
+    """
+    if methods is not None:
+        rank = {m: i for i, m in enumerate(methods)}
+        table = sorted(table, key=lambda r: (rank.get(r["method"], len(rank)),
+                                             r["dataset"] == "average"))
     b2n = any("hm" in r for r in table)
     metrics = B2N_METRICS if b2n else ("acc",)
     several_k = len({r.get("shots") for r in table}) > 1
@@ -54,8 +70,8 @@ def pivot(table: Sequence[dict[str, Any]], metric: str = "acc",
         if r["dataset"] in names and metric in r:
             row = rows.setdefault(r["method"], {"method": r["method"]})
             row[r["dataset"]] = r[metric]
-            if f"{metric}_std" in r:
-                row[f"{r['dataset']}_std"] = r[f"{metric}_std"]
+            if _std(r, metric) is not None:
+                row[f"{r['dataset']}_std"] = _std(r, metric)
     return list(rows.values())
 
 
@@ -93,8 +109,9 @@ def base_novel_scatter(rows: Sequence[dict[str, Any]], label: str = "method",
                     line=dict(color="grey", width=1), showlegend=False)
     for r in rows:
         hm = r.get("hm", harmonic_mean(r["base_acc"], r["new_acc"]))
-        errors = {f"error_{axis}": dict(type="data", array=[r[f"{key}_std"]])
-                  for axis, key in (("x", "base_acc"), ("y", "new_acc")) if f"{key}_std" in r}
+        errors = {f"error_{axis}": dict(type="data", array=[_std(r, key)])
+                  for axis, key in (("x", "base_acc"), ("y", "new_acc"))
+                  if _std(r, key) is not None}
         fig.add_scatter(
             x=[r["base_acc"]], y=[r["new_acc"]], mode="markers+text", name=str(r[label]),
             text=[str(r[label])], textposition="top center", marker=dict(size=11), **errors,

@@ -66,14 +66,21 @@ def test_schedule():
     assert abs(lr_at(55, cfg) - 5e-4) < 1e-9 and lr_at(99, cfg) < 1e-5
 
 
-def test_model_card_provenance_comes_from_the_run(tmp_path):
+def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):
+    import open_clip
+
+    import promptviz.backbone
     from promptviz.modelcard import model_card, provenance
     from promptviz.pretrain import patch_targets
     from promptviz.toyworld import sample_batch
     weights = pretrain(_cfg(tmp_path, steps=2, warm_steps=5, log_every=1, probe_every=2))
+    # as in a fresh `promptviz toyworld card` process: promptviz's configs not registered yet
+    monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, "pv-tiny")
+    monkeypatch.setattr(promptviz.backbone, "_configs_registered", False)
     p = provenance(tmp_path, weights, seconds=90.0, hardware="a test")
     assert "--warm-steps 5 --steps 2 --batch-size 32" in p["command"]
     assert p["time"].startswith("2 minutes") and p["hardware"] == "a test"
+    assert "None" not in p["vision"] + p["text"] + p["embed_dim"]
     assert "| 5 |" in p["log"]                   # warm step 5 is logged in the card's table
     card = {"zero_shot": [], "zeroshot_b2n": [], "coop_b2n": [], "seeds": [1],
             "bars": {"all_three_x_chance": True, "coop_base_gain_mean": 6.0,

@@ -130,3 +130,26 @@ def test_wrong_weights_for_name(tmp_path, tiny_clip):
     torch.save(tiny_clip.model.state_dict(), pt)
     with pytest.raises(PromptvizError, match="do not fit"):
         load_clip(f"ViT-B-32:{pt}")
+
+
+def test_blocks_attend_with_scaled_dot_product_attention(tiny_clip, monkeypatch):
+    """Every block runs open_clip's own attention, which calls PyTorch's fused
+    ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA). Capturing a
+    layer's attention map is an extra, separate computation: it never replaces the block's."""
+    import torch.nn.functional as F
+
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(a[0].shape) or fused(*a, **k))
+    layers = len(tiny_clip.model.visual.transformer.resblocks)
+    # a prompt that needs gradients, as in training: open_clip's path, not MHA's fast path
+    prompt = torch.zeros(1, 1, tiny_clip.vision_width, requires_grad=True)
+    tiny_clip.encode_image(_images(2), extra_tokens=prompt.expand(2, -1, -1),
+                           cache=ActivationCache(attn_layers=[1]))
+    assert len(calls) == layers and all(s[0] == 2 for s in calls)
+    calls.clear()
+    ids = tiny_clip.tokenize(TEXTS)
+    emb = tiny_clip.token_embedding(ids).detach().requires_grad_(True)
+    tiny_clip.encode_text_embeddings(emb, ids)
+    assert len(calls) == len(tiny_clip.model.transformer.resblocks)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from promptviz.checkpoint import atomic_write
 from promptviz.errors import PromptvizError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -393,14 +394,11 @@ def _load_state(model: nn.Module, path: Path) -> None:
 def save_clip(model: nn.Module, path: str | Path, config: dict, half: bool = True) -> None:
     """Save a CLIP as safetensors with its open_clip config in the metadata (write, then rename)."""
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"open_clip_config": json.dumps(config)})
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: save_file(
+        state, str(tmp), metadata={"open_clip_config": json.dumps(config)}))
 
 
 def _first_line(e: BaseException) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +26,35 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it into place. The temporary
+    name is unique to the writer (two processes filling one shared cache entry never write
+    the same file), and a failed write removes it: ``path`` is whole or absent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(out: Path, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
     """Write the trainable state and its metadata into folder ``out`` (write, then rename)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
-              metadata={"method": str(meta.get("method", ""))})
-    os.replace(tmp, out / WEIGHTS)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(
+        tensors, str(tmp), metadata={"method": str(meta.get("method", ""))}))
     atomic_write_text(out / META, json.dumps(meta, indent=2))
 
 

@@ -16,8 +16,10 @@ equal to the source reuses the run's own test accuracy.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from promptviz.checkpoint import atomic_write_text
+from promptviz.data.datasets import looks_like_path
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import aggregate, harmonic_mean
 from promptviz.progress import progress_bar
@@ -91,9 +94,14 @@ def plan(cfg: CompareConfig) -> list[tuple[str, str, int, int]]:
 
 
 def _slug(dataset: str) -> str:
-    """A dataset's name as one folder-name component (a dataset given by path: its last part,
-    so that runs never land inside, or next to, the dataset's own folder)."""
-    return Path(dataset).name or dataset.strip("/\\") or "dataset"
+    """A dataset as one folder-name component. A name stays as it is; a dataset given by
+    path gets its last part plus a short hash of the whole path, so that two folders with
+    the same last part never share runs and runs never land inside the dataset's folder."""
+    if not looks_like_path(dataset):
+        return dataset
+    resolved = str(Path(dataset).expanduser().resolve())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(resolved).name) or "dataset"
+    return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
 def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:

@@ -17,9 +17,11 @@ what the method reads from the tower (``Method.image_key``). Two files per entry
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -28,30 +30,35 @@ from typing import Any
 import torch
 
 from promptviz.checkpoint import atomic_torch_save, atomic_write_text
-from promptviz.errors import PromptvizError
+from promptviz.data.fewshot import user_cache_dir
 
 Views = list[tuple[dict[str, torch.Tensor], torch.Tensor]]
 ENV = "PROMPTVIZ_CACHE_DIR"
+FORMAT = 1                      # bump when what an entry holds, or how, changes
+KEY_LENGTH = 24                 # hex digits of an entry's file stem
+# the files of an entry, and the temporaries of an interrupted write (checkpoint.atomic_write)
+ENTRY_FILE = re.compile(rf"^\.?[0-9a-f]{{{KEY_LENGTH}}}\.(pt|json)(\.\d+-[0-9a-f]{{8}}\.tmp)?$")
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
     """Where features are cached: ``cache_dir``, else ``$PROMPTVIZ_CACHE_DIR``, else
-    ``~/.cache/promptviz/features``."""
+    ``features/`` in promptviz's user cache (``$PROMPTVIZ_CACHE`` or ``~/.cache/promptviz``).
+    (``cache_dir=""``, memory only, is the caller's business: nothing is read or written.)"""
     if cache_dir:
         return Path(cache_dir).expanduser()
     if os.environ.get(ENV):
         return Path(os.environ[ENV]).expanduser()
-    return Path.home() / ".cache" / "promptviz" / "features"
+    return user_cache_dir() / "features"
 
 
 def backbone_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of a few of the image tower's weights: two checkpoints that share a
-    name (a user's own ``promptviz pretrain`` run vs the shipped toyclip) never share
-    cached features."""
+    """A short hash of every weight of the image tower: two checkpoints that share a name
+    (a user's own ``promptviz pretrain`` run vs the shipped toyclip, a fine-tuned tower)
+    never share cached features. Hashing costs far less than one pass of encoding."""
     h = hashlib.sha256()
-    visual = model.visual
-    for t in (visual.conv1.weight, visual.positional_embedding, visual.proj):
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    for name, t in model.visual.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -60,45 +67,47 @@ def entry_key(facts: dict[str, Any], items: list[tuple[str, int]]) -> str:
     h = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
     for path, label in items:
         h.update(f"{path}\t{label}\n".encode())
-    return h.hexdigest()[:24]
+    return h.hexdigest()[:KEY_LENGTH]
 
 
 def load(root: Path, key: str, device: torch.device) -> Views | None:
-    """The cached views of ``key`` on ``device``, or ``None`` when there is no entry."""
+    """The cached views of ``key`` on ``device``; ``None`` when there is no entry, or when
+    the entry is unreadable (it is deleted, with a warning, and encoded afresh)."""
     path = root / f"{key}.pt"
     if not path.is_file():
         return None
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
         return [(dict(feats), labels) for feats, labels in saved["views"]]
-    except Exception:
-        raise PromptvizError(
-            f"the cached features {path} are unreadable; delete that file (or run "
-            f"`promptviz cache clear`) and train again") from None
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:
+        warnings.warn(f"the cached features {path} are unreadable ({type(e).__name__}); "
+                      "deleting the entry and encoding the images again", stacklevel=2)
+        path.unlink(missing_ok=True)
+        (root / f"{key}.json").unlink(missing_ok=True)
+        return None
 
 
 def store(root: Path, key: str, views: Views, facts: dict[str, Any]) -> Path | None:
-    """Write an entry (tensors first, then the description; both atomically). A failed
-    write (a full disk) leaves nothing behind and only warns."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PromptvizError(f"cannot create the feature cache folder {root} ({e.strerror}); "
-                             "pass --cache-dir to put it elsewhere or --no-feature-cache") from None
-    path = root / f"{key}.pt"
+    """Write an entry: tensors first, then the description, each atomically. When either
+    cannot be written (a read-only or full disk) nothing of the entry is left behind, a
+    warning says so and training goes on from memory."""
+    path, meta = root / f"{key}.pt", root / f"{key}.json"
     cpu = [({k: t.detach().cpu() for k, t in feats.items()}, labels.cpu())
            for feats, labels in views]
     try:
         atomic_torch_save({"views": cpu}, path)
-    except (OSError, RuntimeError) as e:            # a full disk: train on from memory
-        path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
-        warnings.warn(f"could not write the feature cache entry {path} ({e}); training "
-                      "goes on without it", stacklevel=2)
+        info = dict(facts, bytes=path.stat().st_size,
+                    created=time.strftime("%Y-%m-%d %H:%M:%S"),
+                    tensors={k: list(t.shape) for k, t in cpu[0][0].items()})
+        atomic_write_text(meta, json.dumps(info, indent=1) + "\n")
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        warnings.warn(f"could not write the feature cache entry {path} ({e}); training goes "
+                      "on without it (--cache-dir puts the cache elsewhere)", stacklevel=2)
         return None
-    info = dict(facts, bytes=path.stat().st_size,
-                created=time.strftime("%Y-%m-%d %H:%M:%S"),
-                tensors={k: list(t.shape) for k, t in cpu[0][0].items()})
-    atomic_write_text(root / f"{key}.json", json.dumps(info, indent=1) + "\n")
     return path
 
 
@@ -117,13 +126,14 @@ def entries(root: Path) -> list[dict[str, Any]]:
 
 
 def clear(root: Path) -> tuple[int, int]:
-    """Delete every entry under ``root``; returns (files, bytes) removed."""
+    """Delete every entry under ``root`` (and nothing else: a folder given by mistake keeps
+    its other files); returns (files, bytes) removed."""
     n = size = 0
     if not root.is_dir():
         return 0, 0
-    files = {*root.glob("*.pt"), *root.glob("*.json"), *root.glob(".*.tmp")}
-    for p in files:
-        size += p.stat().st_size
-        p.unlink()
-        n += 1
+    for p in root.iterdir():
+        if p.is_file() and ENTRY_FILE.match(p.name):
+            size += p.stat().st_size
+            p.unlink()
+            n += 1
     return n, size

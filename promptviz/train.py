@@ -204,6 +204,12 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     return history
 
 
+def n_views(cfg: TrainConfig) -> int:
+    """How many views of each training image the feature cache holds: ``cache_views``, at
+    most one per epoch, and one when there is no augmentation (every view would be alike)."""
+    return max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
+
+
 @torch.no_grad()
 def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
                  ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
@@ -214,10 +220,9 @@ def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
     loader = DataLoader(data, batch_size=cfg.eval_batch_size, shuffle=False,
                         num_workers=cfg.num_workers)
     views = []
-    n_views = max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
     with torch.random.fork_rng(devices=[]):      # the views depend on the seed alone
         torch.manual_seed(cfg.seed)
-        for v in range(n_views):
+        for v in range(n_views(cfg)):
             views.append(_encode_view(method, loader, cfg, v))
     return views
 
@@ -229,12 +234,15 @@ def cached_views(method: Method, train_set: Dataset, data: ImageDataset, cfg: Tr
     if cfg.cache_dir == "":
         return encode_views(method, data, cfg)
     bb = method.backbone
-    n_views = max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
-    facts = {"backbone": bb.name, "weights": featcache.backbone_fingerprint(bb.model),
+    facts = {"format": featcache.FORMAT, "backbone": bb.name,
+             "weights": featcache.backbone_fingerprint(bb.model),
              "dataset": train_set.name, "shots": cfg.shots, "seed": cfg.seed,
-             "views": n_views, "augment": cfg.augment, "image_size": bb.image_size,
+             "views": n_views(cfg), "augment": cfg.augment, "image_size": bb.image_size,
              "mean": list(bb.mean), "std": list(bb.std), "precision": cfg.precision,
              "device": bb.device.type, **method.image_key()}
+    if cfg.augment and cfg.num_workers:
+        # worker processes draw the augmentations from their own seeds
+        facts["augment_workers"] = cfg.num_workers
     items = [(f"{x.impath}\t{_stamp(x.impath)}", int(x.label)) for x in train_set.train]
     root, key = featcache.cache_root(cfg.cache_dir), featcache.entry_key(facts, items)
     views = featcache.load(root, key, bb.device)

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from promptviz import featcache
 from promptviz.cli import main
-from promptviz.errors import PromptvizError
 from promptviz.train import TrainConfig, run
 
 
@@ -53,8 +52,8 @@ def test_key_changes_with_seed_views_method_features_and_weights(tiny_root, tmp_
     from promptviz.backbone import load_clip
     clip = load_clip("pv-tiny")
     before = featcache.backbone_fingerprint(clip.model)
-    with torch.no_grad():
-        clip.model.visual.proj.add_(1e-3)
+    with torch.no_grad():          # a change deep inside the tower, as a fine-tune makes
+        clip.model.visual.transformer.resblocks[-1].mlp.c_fc.bias[0] += 1e-3
     assert featcache.backbone_fingerprint(clip.model) != before
 
 
@@ -63,10 +62,8 @@ def test_rebuilt_images_get_a_new_entry(tiny_root, tmp_path):
     shutil.copytree(tiny_root, data)
     cache = tmp_path / "cache"
     run(_cfg(data, tmp_path / "a", cache))
-    img = next((data / "dtd" / "images").rglob("*.png"))
     for p in (data / "dtd" / "images").rglob("*.png"):   # touch every image: a rebuild
         p.write_bytes(p.read_bytes())
-    assert img.exists()
     run(_cfg(data, tmp_path / "b", cache))
     assert len(featcache.entries(cache)) == 2
 
@@ -78,14 +75,33 @@ def test_memory_only_and_no_cache_write_nothing(tiny_root, tmp_path, monkeypatch
     assert not (tmp_path / "env-cache").exists() and not (tmp_path / "x").exists()
 
 
-def test_unreadable_entry_names_the_file_and_the_fix(tiny_root, tmp_path):
+def test_unreadable_entry_is_encoded_again(tiny_root, tmp_path):
     cache = tmp_path / "cache"
-    run(_cfg(tiny_root, tmp_path / "a", cache))
+    first = run(_cfg(tiny_root, tmp_path / "a", cache))
     [entry] = featcache.entries(cache)
     (cache / f"{entry['key']}.pt").write_bytes(b"not a torch file")
-    with pytest.raises(PromptvizError, match="unreadable.*promptviz cache clear"):
+    with pytest.warns(UserWarning, match="unreadable.*encoding the images again"):
+        second = run(_cfg(tiny_root, tmp_path / "b", cache))
+    assert (first["base_acc"], first["new_acc"]) == (second["base_acc"], second["new_acc"])
+    [again] = featcache.entries(cache)
+    assert again["key"] == entry["key"] and featcache.load(cache, again["key"], "cpu")
+
+
+def test_a_failed_write_leaves_nothing_and_trains_on(tiny_root, tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")                # the cache folder cannot be made under a file
+    with pytest.warns(UserWarning, match="could not write the feature cache"):
+        run(_cfg(tiny_root, tmp_path / "a", blocked / "cache"))
+    assert (tmp_path / "a" / "results.json").is_file()
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("promptviz.featcache.atomic_write_text", full_disk)
+    with pytest.warns(UserWarning, match="No space left"):
         run(_cfg(tiny_root, tmp_path / "b", cache))
-    assert not (tmp_path / "b" / "results.json").exists()
+    assert (tmp_path / "b" / "results.json").is_file() and list(cache.iterdir()) == []
 
 
 def test_cli_lists_and_clears(tiny_root, tmp_path, capsys):
@@ -99,9 +115,11 @@ def test_cli_lists_and_clears(tiny_root, tmp_path, capsys):
     assert "1 entries" in listed and "dtd" in listed and "pv-tiny" in listed
     meta = json.loads(next(cache.glob("*.json")).read_text())
     assert meta["backbone"] == "pv-tiny" and meta["shots"] == 2
+    (cache / "results.json").write_text("{}")        # not the cache's: clear keeps it
+    (cache / f".{meta['weights']}{'0' * 8}.pt.1-0123abcd.tmp").write_bytes(b"")  # a leftover
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
-    assert "removed 2 files" in capsys.readouterr().out
-    assert featcache.entries(cache) == []
+    assert "removed 3 files" in capsys.readouterr().out
+    assert featcache.entries(cache) == [] and [p.name for p in cache.iterdir()] == ["results.json"]
 
 
 def test_no_feature_cache_flag_trains_without_one(tiny_root, tmp_path, monkeypatch):
@@ -112,3 +130,12 @@ def test_no_feature_cache_flag_trains_without_one(tiny_root, tmp_path, monkeypat
     assert main(["train", "--method", "coop", "--backbone", "pv-tiny", "--dataset", "dtd",
                  "--data-root", str(tiny_root), "--shots", "2", "--epochs", "1",
                  "--out", str(tmp_path / "run"), "--no-feature-cache", "--quiet"]) == 0
+
+
+def test_cache_root_follows_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROMPTVIZ_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PROMPTVIZ_CACHE", str(tmp_path / "pv"))
+    assert featcache.cache_root() == tmp_path / "pv" / "features"
+    monkeypatch.setenv("PROMPTVIZ_CACHE_DIR", str(tmp_path / "feats"))
+    assert featcache.cache_root() == tmp_path / "feats"
+    assert featcache.cache_root(str(tmp_path / "flag")) == tmp_path / "flag"

@@ -161,9 +161,13 @@ def test_transfer_target_equal_to_source_reuses_the_run(tiny_root, tmp_path):
                         data_root=str(tiny_root), out=str(tmp_path / "dg"), epochs=1)
     table = compare(cfg)
     run = tmp_path / "dg" / "runs" / "coop" / "dtd" / "shots2" / "seed1"
-    assert not (run / "transfer_dtd.json").exists() and (run / "transfer_dtd_copy.json").exists()
+    [copy] = run.glob("transfer_dtd_copy-*.json")
+    assert not (run / "transfer_dtd.json").exists() and copy.is_file()
     own = json.loads((run / "results.json").read_text())
     row = next(r for r in table if r["dataset"] == own["dataset"])
     assert row["acc"] == own["acc"] and {r["dataset"] for r in table} >= {"dtd_copy"}
     # a dataset given by path never makes the run folder absolute or nested
-    assert _slug(str(other)) == "dtd_copy" and _slug("toy_shapes") == "toy_shapes"
+    assert _slug(str(other)).startswith("dtd_copy-") and _slug("toy_shapes") == "toy_shapes"
+    # two dataset folders with the same last part keep their runs apart
+    assert _slug("/x/flowers/train") != _slug("/x/cars/train")
+    assert _slug("/x/cars/train") == _slug("/x/cars/../cars/train")

@@ -597,7 +597,9 @@ def _load_path(folder: Path) -> Dataset:
     return _load_folder_per_class(folder)
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
+    """Whether a dataset argument names a folder (has a separator, `~`, `.`) rather than a
+    known dataset."""
     return ("/" in name or os.sep in name or name.startswith(("~", "."))
             or Path(name).is_absolute())
 
@@ -631,7 +633,7 @@ def load_dataset(name: str | Path, data_root: str | Path | None = None) -> Datas
     name = str(name)
     if data_root is None and os.environ.get("PROMPTVIZ_DATA"):
         data_root = os.environ["PROMPTVIZ_DATA"]
-    if _looks_like_path(name) or (data_root is None and Path(name).is_dir()):
+    if looks_like_path(name) or (data_root is None and Path(name).is_dir()):
         return _load_path(Path(name))
     spec = find_spec(name)
     if data_root is None:

@@ -111,11 +111,18 @@ def view_functions() -> set[str]:
     return names
 
 
-FIGURES = figures()
+# the names are found without building anything; the figures are built once, by the
+# first test that needs them (never while pytest collects, e.g. under -m "not browser")
+NAMES = sorted(view_functions())
 
 
-def test_every_view_function_is_exported_here():
-    missing = view_functions() - set(FIGURES)
+@pytest.fixture(scope="module")
+def built() -> dict[str, go.Figure]:
+    return figures()
+
+
+def test_every_view_function_is_exported_here(built):
+    missing = set(NAMES) - set(built)
     assert not missing, (f"new view functions {sorted(missing)}: add a figure for each to "
                          "figures() in tests/browser/test_exports.py")
 
@@ -139,11 +146,11 @@ class OfflinePage:
 
 
 @pytest.fixture(scope="module")
-def pages(browser, tmp_path_factory):
+def pages(browser, built, tmp_path_factory):
     """Every export and report, written to disk and opening in its own page."""
     out = tmp_path_factory.mktemp("exports")
     files = {name: standalone_html(fig, out / f"{name}.html", title=name)
-             for name, fig in FIGURES.items()}
+             for name, fig in built.items()}
     files["report"] = demo_report(out)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = {name: OfflinePage(context, path) for name, path in files.items()}
@@ -164,7 +171,7 @@ def check_page(page, offline: Offline, n_plots: int, shot_prefix: Path) -> None:
     assert not offline.console_errors, offline.console_errors
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
+@pytest.mark.parametrize("name", NAMES)
 def test_figure_export_draws_offline(pages, shots_dir, name):
     page = pages[name]
     check_page(page.loaded(), page.offline, 1, shots_dir / f"export-{name}")

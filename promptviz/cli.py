@@ -72,7 +72,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     from promptviz.pretrain import PretrainConfig, pretrain
     cfg = PretrainConfig(out=a.out, model=a.model, steps=a.steps, batch_size=a.batch_size,
                          lr=a.lr, warmup=a.warmup, seed=a.seed, device=a.device,
-                         threads=a.threads, warm_steps=a.warm_steps, progress=not a.quiet)
+                         threads=a.threads, warm_steps=a.warm_steps, warm_from=a.warm_from,
+                         progress=not a.quiet)
     print(f"wrote {pretrain(cfg)}")
     return 0
 
@@ -231,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--steps", type=int, default=2500)
     pt.add_argument("--warm-steps", type=int, default=1500,
                     help="supervised warm start of the image tower (0 = none)")
+    pt.add_argument("--warm-from", default="", metavar="RUN",
+                    help="take the image tower from an earlier run (its --out folder or "
+                         "toyclip.safetensors; e.g. a --steps 0 warm start) instead of "
+                         "warming it up here")
     pt.add_argument("--batch-size", type=int, default=128)
     pt.add_argument("--lr", type=float, default=1e-3)
     pt.add_argument("--warmup", type=int, default=100)

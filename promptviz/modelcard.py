@@ -174,6 +174,8 @@ def provenance(run_dir: str | Path, weights: str | Path, seconds: float | None =
     warm_path = run_dir / "warm_start_log.json"
     warm = json.loads(warm_path.read_text()) if warm_path.is_file() else []
     cfg = log["config"]
+    # a run started --warm-from an earlier warm start carries that run's log
+    warm_steps = warm[-1]["warm_step"] if cfg.get("warm_from") and warm else cfg["warm_steps"]
     mc = open_clip.get_model_config(cfg["model"]) or {}
     v, t = mc.get("vision_cfg", {}), mc.get("text_cfg", {})
     warm_s = warm[-1].get("seconds", 0.0) if warm else 0.0
@@ -185,19 +187,30 @@ def provenance(run_dir: str | Path, weights: str | Path, seconds: float | None =
         "text": f"width {t.get('width')}, {t.get('layers')} layers, {t.get('heads')} heads, "
                 f"{t.get('context_length')} tokens",
         "embed_dim": str(mc.get("embed_dim")),
-        "command": f"promptviz pretrain --out {run_dir.name} --seed {cfg['seed']} "
-                   f"--warm-steps {cfg['warm_steps']} --steps {cfg['steps']} "
-                   f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --threads {cfg['threads']}",
+        "command": _commands(run_dir.name, cfg, warm_steps),
         "seed": str(cfg["seed"]), "steps": str(cfg["steps"]), "batch": str(cfg["batch_size"]),
         "samples": f"{cfg['steps'] * cfg['batch_size']:,} contrastive + "
-                   f"{cfg['warm_steps'] * cfg['batch_size']:,} warm-start",
-        "lr": str(cfg["lr"]), "warmup": str(cfg["warmup"]), "warm": str(cfg["warm_steps"]),
+                   f"{warm_steps * cfg['batch_size']:,} warm-start",
+        "lr": str(cfg["lr"]), "warmup": str(cfg["warmup"]), "warm": str(warm_steps),
         "hardware": hardware or f"{cfg['device']}, {cfg['threads'] or 'default'} torch threads",
         "time": f"{total / 60:.0f} minutes ({warm_s / 60:.0f} warm start + "
                 f"{contrastive_s / 60:.0f} contrastive)",
         "size": f"{Path(weights).stat().st_size / 2**20:.1f} MB",
         "log": _training_log(log["log"], warm),
     }
+
+
+def _commands(name: str, cfg: dict, warm_steps: int) -> str:
+    common = f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --threads {cfg['threads']}"
+    if not cfg.get("warm_from"):
+        return (f"promptviz pretrain --out {name} --seed {cfg['seed']} --warm-steps "
+                f"{cfg['warm_steps']} --steps {cfg['steps']} {common}")
+    source = Path(cfg["warm_from"])
+    source = source.parent if source.suffix == ".safetensors" else source
+    return (f"promptviz pretrain --out {source.name} --seed {cfg['seed']} --warm-steps "
+            f"{warm_steps} --steps 0 {common}\n"
+            f"promptviz pretrain --out {name} --seed {cfg['seed']} --warm-from {source.name} "
+            f"--warm-steps 0 --steps {cfg['steps']} {common}")
 
 
 def _training_log(log: list[dict], warm: list[dict]) -> str:

@@ -63,6 +63,9 @@ class PretrainConfig:
     # object's shape, colour, pattern, size and position from ToyWorld's ground truth for
     # ``warm_steps`` steps; the contrastive run then trains it at ``image_lr_scale`` × lr.
     warm_steps: int = 1500
+    # Or take the image tower from an earlier run's export (e.g. one made with ``steps=0``,
+    # a warm start only) instead of warming up here; its warm-start log is copied along.
+    warm_from: str = ""
     warm_clean: float = 0.7            # share of clean scenes in the warm start's batches
     warm_dense: float = 1.0            # weight of the per-patch shape / colour losses
     image_lr_scale: float = 0.1
@@ -238,6 +241,34 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
     atomic_write_text(out / "warm_start_log.json", json.dumps(log, indent=2))
 
 
+def _warm_weights(source: Path) -> Path:
+    weights = source / "toyclip.safetensors" if source.is_dir() else source
+    if not weights.is_file():
+        raise PromptvizError(f"--warm-from {source}: no weights there; give a "
+                             "toyclip.safetensors file or the --out folder of a pretrain run")
+    return weights
+
+
+def load_warm_start(visual: torch.nn.Module, source: Path) -> None:
+    """Load the image tower of an earlier run's export (a file, or the run's ``--out``
+    folder) into ``visual``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = _warm_weights(source)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise PromptvizError(f"--warm-from {weights} is not a readable safetensors file "
+                             f"({e}); point it at a pretrain run's toyclip.safetensors") from None
+    tower = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    ref = visual.state_dict()
+    if tower.keys() != ref.keys() or any(tower[k].shape != ref[k].shape for k in ref):
+        raise PromptvizError(f"--warm-from {weights} holds no image tower of this --model's "
+                             "shape; warm-start with the same --model config")
+    visual.load_state_dict({k: v.to(ref[k].dtype) for k, v in tower.items()})
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) pretraining; returns the path of the exported safetensors file."""
     _register_configs()
@@ -251,20 +282,28 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise PromptvizError("--device cuda was asked for but no CUDA GPU is visible")
     device = torch.device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    resuming = (out / "state.pt").is_file()
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.model).to(device).train()
+    if cfg.warm_from and not resuming:   # before any write: a bad source leaves nothing
+        load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
+    out.mkdir(parents=True, exist_ok=True)
     if cfg.logit_scale > 0:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))
     model.logit_scale.requires_grad_(cfg.learn_scale)
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=model.context_length)
-    if cfg.warm_steps and not (out / "state.pt").is_file():
+    if cfg.warm_from and not resuming:
+        log = _warm_weights(Path(cfg.warm_from).expanduser()).parent / "warm_start_log.json"
+        if log.is_file() and log.resolve() != (out / log.name).resolve():
+            atomic_write_text(out / log.name, log.read_text())
+    elif cfg.warm_steps and not resuming:
         warm_start(model.visual, cfg, out)
+    warmed = bool(cfg.warm_steps or cfg.warm_from)
     groups = []
     for image in (True, False):          # image tower at image_lr_scale × lr (after a warm start)
         named = [(n, p) for n, p in model.named_parameters() if n.startswith("visual.") == image]
-        scale = cfg.image_lr_scale if image and cfg.warm_steps else 1.0
+        scale = cfg.image_lr_scale if image and warmed else 1.0
         groups += [{"params": [p for n, p in named if p.ndim >= 2 and "embedding" not in n],
                     "weight_decay": cfg.weight_decay, "scale": scale},
                    {"params": [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)],

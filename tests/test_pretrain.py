@@ -92,3 +92,34 @@ def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):
     y = patch_targets(batch, "shape", ("circle", "square", "triangle", "star", "heart", "cross",
                                        "diamond", "hexagon", "ring", "crescent"), 8)
     assert y.shape == (2, 16) and (y == 0).any() and (y > 0).any()
+
+
+def test_warm_from_an_earlier_warm_start(tmp_path):
+    import pytest
+
+    from promptviz.errors import PromptvizError
+    from promptviz.modelcard import provenance
+    from promptviz.pretrain import load_warm_start
+    warm = pretrain(_cfg(tmp_path / "warm", steps=0, warm_steps=4))
+    clip = load_clip(str(warm)).model
+    # the image tower is taken over exactly (the export is fp16, the model fp32)
+    import open_clip
+    model = open_clip.create_model("pv-tiny")
+    load_warm_start(model.visual, tmp_path / "warm")
+    assert all(torch.equal(a.float(), b) for a, b in
+               zip(clip.visual.state_dict().values(), model.visual.state_dict().values()))
+    weights = pretrain(_cfg(tmp_path / "run", steps=2, warm_from=str(tmp_path / "warm")))
+    assert (tmp_path / "run" / "warm_start_log.json").read_text() == \
+        (tmp_path / "warm" / "warm_start_log.json").read_text()
+    p = provenance(tmp_path / "run", weights)
+    first, second = p["command"].splitlines()
+    assert "--out warm --seed 0 --warm-steps 4 --steps 0" in first
+    assert "--out run --seed 0 --warm-from warm --warm-steps 0 --steps 2" in second
+    assert p["warm"] == "4"
+    with pytest.raises(PromptvizError, match="no weights there"):
+        pretrain(_cfg(tmp_path / "bad", steps=2, warm_from=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "bad").exists()          # nothing written
+    with pytest.raises(PromptvizError, match="no image tower of this --model's shape"):
+        pretrain(_cfg(tmp_path / "other", steps=2, model="toyclip", image_size=64,
+                      warm_from=str(warm)))
+    assert not (tmp_path / "other").exists()

@@ -35,7 +35,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       optimizer=a.optimizer, device=a.device, precision=a.precision,
                       num_workers=a.num_workers, progress=not a.quiet,
                       feature_cache=not a.no_feature_cache, cache_views=a.cache_views,
-                      cache_dir=a.cache_dir,
+                      cache_dir=a.cache_dir, augment=a.augment,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
                                **_parse_sets(a.set)})
     res = run(cfg)
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     add_cache_flags(t)
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="CoOp's random-resized-crop + flip on training images (default: the "
+                        "dataset's choice: on, except ToyWorld, whose labels a crop can change)")
     t.add_argument("--cache-views", type=int, default=10,
                    help="augmented views of each training image cached (at most one per epoch)")
     t.set_defaults(func=cmd_train)

@@ -73,7 +73,8 @@ class TrainConfig:
     cache_views: int = 10               # augmented views cached (at most one per epoch)
     cache_dir: str | None = None        # on-disk feature cache (None: featcache.cache_root();
                                         # "" keeps the features in memory only)
-    augment: bool = True                # random-resized-crop + flip (False: eval transform)
+    augment: bool | None = None         # random-resized-crop + flip (False: eval transform;
+                                        # None: the dataset's choice, see Dataset.augment)
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)   # method options, key=value
 
@@ -139,6 +140,8 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     if not train_set.train:
         raise PromptvizError(f"dataset {train_set.name} has no training images; it is a "
                              "test-only dataset (e.g. a domain-shifted copy)")
+    if cfg.augment is None:
+        cfg = dataclasses.replace(cfg, augment=train_set.augment)
     optim = make_optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     transform = train_transform if cfg.augment else clip_transform
@@ -335,6 +338,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     device = check_device(cfg.device)
     set_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, cfg.data_root)
+    if cfg.augment is None:
+        cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
     backbone = load_clip(cfg.backbone, device)
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,

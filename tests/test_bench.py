@@ -169,3 +169,25 @@ def test_feature_cache_gives_the_same_accuracy_on_toyworld(toyworld_root, tmp_pa
     a = load_file(tmp_path / "fast" / "model.safetensors")
     b = load_file(tmp_path / "slow" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_toyworld_trains_without_augmentation_unless_asked(toyworld_root, tmp_path,
+                                                           monkeypatch):
+    """A ToyWorld card says "augment": false (a crop or a mirror changes position, size
+    and orientation, which its labels are about); a run follows it unless told otherwise."""
+    import promptviz.train as tr
+    seen = []
+    original = tr.encode_views
+
+    def spy(method, data, cfg):
+        seen.append((cfg.augment, tr.n_views(cfg), type(data.transform.transforms[1]).__name__))
+        return original(method, data, cfg)
+
+    monkeypatch.setattr(tr, "encode_views", spy)
+    cfg = dict(method="coop", backbone="pv-tiny", dataset="toy_textures", cache_dir="",
+               data_root=str(toyworld_root), shots=4, epochs=2, batch_size=4, progress=False)
+    r = run(TrainConfig(out=str(tmp_path / "a"), **cfg))
+    run(TrainConfig(out=str(tmp_path / "b"), augment=True, **cfg))
+    assert seen == [(False, 1, "Resize"), (True, 2, "RandomResizedCrop")]
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["config"]["augment"] is False and r["epochs"] == 2

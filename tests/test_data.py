@@ -120,6 +120,17 @@ def test_card_dataset_by_name_and_path(tmp_path):
     assert [len(ds.train), len(ds.val), len(ds.test)] == [12, 6, 4]
     by_path = load_dataset(str(folder))
     assert by_path.train == ds.train and by_path.split_hash == ds.split_hash
+    assert ds.augment is True                    # CoOp's crop + flip unless the card says no
+
+
+def test_card_augment_flag(tmp_path):
+    folder = make_card(tmp_path / "toy", ["a", "b"])
+    card = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**card, "augment": False}))
+    assert load_dataset(str(folder)).augment is False
+    (folder / "dataset.json").write_text(json.dumps({**card, "augment": "no"}))
+    with pytest.raises(PromptvizError, match="'augment' must be true or false"):
+        load_dataset(str(folder))
 
 
 def test_card_missing_fields(tmp_path):

@@ -187,7 +187,8 @@ def test_build_suite_writes_coop_layout(tmp_path):
     for folder in folders:
         card = json.loads((folder / "dataset.json").read_text())
         assert set(card) == {"name", "image_dir", "split_file", "template", "classnames",
-                             "domain", "base_dataset"}
+                             "domain", "base_dataset", "augment"}
+        assert card["augment"] is False and load_dataset(str(folder)).augment is False
         assert card["split_file"] == f"split_zhou_{card['name']}.json" and "{}" in card["template"]
         split = json.loads((folder / card["split_file"]).read_text())
         assert list(split) == ["train", "val", "test"]

@@ -33,7 +33,7 @@ import os
 import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from promptviz.errors import PromptvizError
@@ -73,6 +73,10 @@ class Dataset:
     val: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
     split_hash: str = ""
+    # Train with CoOp's random-resized-crop + flip? A card says "augment": false when a crop
+    # or a mirror image can change the label (ToyWorld: position, size and orientation are
+    # what its classes and captions are about).
+    augment: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -342,9 +346,14 @@ def _load_card(folder: Path) -> Dataset:
             f"Dataset card {card_path}: 'name' must be non-empty and 'template' must contain "
             f"one '{{}}' where the class name goes (got {card['template']!r})."
         )
-    return _load_split_zhou(card["name"].strip(), folder, folder / card["image_dir"],
-                            card["split_file"], card["template"],
-                            f"fix 'split_file' in {card_path} or write that file")
+    augment = card.get("augment", True)
+    if not isinstance(augment, bool):
+        raise PromptvizError(f"Dataset card {card_path}: 'augment' must be true or false "
+                             f"(got {augment!r}); leave it out for CoOp's crop + flip.")
+    ds = _load_split_zhou(card["name"].strip(), folder, folder / card["image_dir"],
+                          card["split_file"], card["template"],
+                          f"fix 'split_file' in {card_path} or write that file")
+    return replace(ds, augment=augment)
 
 
 # ----------------------------------------------------------------------- ImageNet

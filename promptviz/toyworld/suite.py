@@ -53,7 +53,7 @@ from promptviz.toyworld.world import (
     sample_scene,
 )
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 SPLITS = ("train", "val", "test")
 GT_PATCH = 8  # patch size of the patch-label grid stored in the sidecars
 
@@ -215,7 +215,10 @@ def _build_one(spec: DatasetSpec, root: Path, seed: int, image_size: int,
         (tmp / split_file).write_text(json.dumps(split_json))
         card = {"name": spec.name, "image_dir": "images", "split_file": split_file,
                 "template": spec.template, "classnames": list(spec.classnames),
-                "domain": spec.domain, "base_dataset": spec.base}
+                "domain": spec.domain, "base_dataset": spec.base,
+                # a crop or a mirror image changes position, size and orientation, which
+                # ToyWorld's labels and captions are about: train on the images as they are
+                "augment": False}
         (tmp / "dataset.json").write_text(json.dumps(card, indent=1))
         (tmp / "build.json").write_text(json.dumps(stamp, indent=1))  # written last
         old = None

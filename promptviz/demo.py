@@ -83,11 +83,10 @@ def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
 FIGURES = {"textrefiner": _textrefiner_figure, "sep": _sep_figure}
 ABOUT = {
     "toy_textures": "6 patterns with DTD's template \"{} texture.\", a phrase toyclip never "
-                    "saw in pretraining: the hand-crafted prompt is poor, so learned prompts "
-                    "have something to fix.",
+                    "saw in pretraining, which a learned context replaces.",
     "toy_fine": "36 colour × shape classes that share attributes (the fine-grained case "
-                "TextRefiner targets); toyclip sees colour well and shape poorly, and a "
-                "prompt cannot repair image features.",
+                "TextRefiner targets); toyclip tells colours apart perfectly and shapes less "
+                "well, and a prompt cannot repair image features.",
 }
 
 

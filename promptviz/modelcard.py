@@ -284,7 +284,7 @@ the old tower after its contrastive run, the new one before it).
 - Prompt tuning has little to teach it: its captions name the same shapes, colours and
   patterns as the class names, with templates like the hand-crafted ones, so there is
   no wording gap for a learned context to close (the gap that gives CoOp its gains on
-  real CLIP, e.g. on satellite images). CoOp stays within a point of zero-shot on base
+  real CLIP, e.g. on satellite images). CoOp stays within about a point of zero-shot on base
   classes; the quality bars above say which targets of the ToyWorld issue these weights
   meet.
 - CoOp's training augmentation (random resized crop, scale 0.08–1, and horizontal flip)

@@ -249,9 +249,9 @@ def _warm_weights(source: Path) -> Path:
     return weights
 
 
-def load_warm_start(visual: torch.nn.Module, source: Path) -> None:
+def load_warm_start(visual: torch.nn.Module, source: Path) -> Path:
     """Load the image tower of an earlier run's export (a file, or the run's ``--out``
-    folder) into ``visual``."""
+    folder) into ``visual``; returns the weight file read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -267,6 +267,7 @@ def load_warm_start(visual: torch.nn.Module, source: Path) -> None:
         raise PromptvizError(f"--warm-from {weights} holds no image tower of this --model's "
                              "shape; warm-start with the same --model config")
     visual.load_state_dict({k: v.to(ref[k].dtype) for k, v in tower.items()})
+    return weights
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -285,16 +286,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resuming = (out / "state.pt").is_file()
     torch.manual_seed(cfg.seed)
     model = open_clip.create_model(cfg.model).to(device).train()
+    warm_weights = None
     if cfg.warm_from and not resuming:   # before any write: a bad source leaves nothing
-        load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
+        warm_weights = load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
     out.mkdir(parents=True, exist_ok=True)
     if cfg.logit_scale > 0:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))
     model.logit_scale.requires_grad_(cfg.learn_scale)
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=model.context_length)
-    if cfg.warm_from and not resuming:
-        log = _warm_weights(Path(cfg.warm_from).expanduser()).parent / "warm_start_log.json"
+    if warm_weights is not None:         # the warm start's log travels with its tower
+        log = warm_weights.parent / "warm_start_log.json"
         if log.is_file() and log.resolve() != (out / log.name).resolve():
             atomic_write_text(out / log.name, log.read_text())
     elif cfg.warm_steps and not resuming:

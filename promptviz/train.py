@@ -344,6 +344,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     backbone = load_clip(cfg.backbone, device)
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           cfg.options)
+    if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):
+        raise PromptvizError(  # caught before training: nothing may be written for it
+            "class_specific=true learns one context per training class, so it cannot classify "
+            "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
     t0 = time.perf_counter()
     history = train_method(method, train_set, cfg, out)
     train_seconds = time.perf_counter() - t0

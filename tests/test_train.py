@@ -122,6 +122,15 @@ def test_missing_data_root(tmp_path, capsys):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_class_specific_context_refused_for_base2new_before_training(tiny_root, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "csc"
+    _fails(capsys, ["train", "--method", "coop", "--backbone", "pv-tiny", "--dataset", "dtd",
+                    "--data-root", str(tiny_root), "--out", str(out), "--epochs", "1",
+                    "--set", "class_specific=true", "--quiet"], "--protocol fewshot")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_nan_loss_is_reported(tiny_root, tmp_path, capsys):
     out = tmp_path / "nan"
     _fails(capsys, ["train", "--method", "coop", "--backbone", "pv-tiny", "--dataset", "dtd",

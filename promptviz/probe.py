@@ -9,7 +9,9 @@ Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arr
 * :func:`cls_attention` — CLS → patch attention of chosen visual layers;
 * :func:`attention_on_object` — the share of that attention landing on given patches;
 * :func:`predict`, :func:`confusion_matrix`, :func:`top_confusions` — per-image predictions
-  and the class pairs they mix up.
+  and the class pairs they mix up;
+* :func:`image_features`, :func:`linear_head` — how much K labelled shots can teach *any*
+  classifier on the frozen image features, the headroom a learned prompt competes for.
 """
 
 from __future__ import annotations
@@ -166,3 +168,71 @@ def top_confusions(cm: np.ndarray, classnames: Sequence[str], k: int = 5
             break
         out.append((str(classnames[t]), str(classnames[p]), 100.0 * off[t, p] / rows[t, 0]))
     return out
+
+
+# --- headroom: what a few shots can teach a classifier on frozen features ------------
+
+@torch.no_grad()
+def image_features(backbone: Backbone, samples: Sequence[Sample], batch_size: int = 128
+                   ) -> tuple[Tensor, Tensor]:
+    """L2-normalised image embeddings ``[N, D]`` (fp32, CPU) and labels ``[N]`` of ``samples``,
+    with CLIP's eval preprocessing."""
+    loader = DataLoader(ImageDataset(samples, clip_transform(backbone.image_size, backbone.mean,
+                                                             backbone.std)),
+                        batch_size=batch_size, shuffle=False)
+    feats, labels = [torch.zeros(0, backbone.embed_dim)], [torch.zeros(0, dtype=torch.long)]
+    with autocast_for(backbone.device):
+        for images, y, _ in loader:
+            f = backbone.encode_image(images.to(backbone.device)).float()
+            feats.append(torch.nn.functional.normalize(f, dim=-1).cpu())
+            labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def linear_head(backbone: Backbone, train: Sequence[Sample], val: Sequence[Sample],
+                test: Sequence[Sample], classnames: Sequence[str], template: str,
+                max_steps: int = 300, every: int = 10, lr: float = 1e-4) -> dict[str, float]:
+    """Zero-shot accuracy on ``test`` against a linear head trained on ``train``'s features.
+
+    The head starts as the zero-shot classifier (the normalised text embeddings of
+    ``template`` filled with each class name, at CLIP's logit scale) and takes full-batch
+    Adam steps on the cross-entropy of ``train``; every ``every`` steps it is scored on
+    ``val`` and the best step (the earliest on ties; step 0 is the zero-shot classifier
+    itself) is the one reported on ``test``. Any text-side method -- a learned prompt
+    included -- ends in such a head, so if this head does not beat zero-shot, the shots
+    carry little that a prompt could learn. Returns percentages -- ``zero_shot``,
+    ``linear_head`` (test, at the step chosen on val), ``val``, ``train`` (at that step) and
+    ``best_test``, the best test score of any scored step: an optimistic ceiling, since it
+    picks the step on the test split -- and the chosen ``step``.
+    """
+    xs = {k: image_features(backbone, v) for k, v in
+          (("train", train), ("val", val), ("test", test))}
+    with torch.no_grad():
+        ids = backbone.tokenize([template.format(c.replace("_", " ")) for c in classnames])
+        text = backbone.encode_text(ids.to(backbone.device)).float().cpu()
+    w = torch.nn.Parameter(torch.nn.functional.normalize(text, dim=-1))
+    scale = backbone.logit_scale
+
+    def acc(split: str) -> float:
+        x, y = xs[split]
+        with torch.no_grad():
+            pred = (x @ torch.nn.functional.normalize(w, dim=-1).T).argmax(-1)
+        return 100.0 * float((pred == y).float().mean()) if len(y) else float("nan")
+
+    zero_shot = acc("test")
+    best, ceiling = (acc("val"), 0, zero_shot, acc("train")), zero_shot
+    optim = torch.optim.Adam([w], lr=lr)
+    x, y = xs["train"]
+    for step in range(1, max_steps + 1):
+        loss = torch.nn.functional.cross_entropy(
+            scale * x @ torch.nn.functional.normalize(w, dim=-1).T, y)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        if step % every:
+            continue
+        ceiling = max(ceiling, acc("test"))
+        if (v := acc("val")) > best[0]:
+            best = (v, step, acc("test"), acc("train"))
+    return {"zero_shot": zero_shot, "linear_head": best[2], "val": best[0], "train": best[3],
+            "best_test": ceiling, "step": float(best[1])}

@@ -14,6 +14,7 @@ from promptviz.probe import (
     attention_on_object,
     cls_attention,
     confusion_matrix,
+    linear_head,
     load_images,
     predict,
     prompt_layout,
@@ -83,6 +84,23 @@ def test_predict_agrees_with_evaluate(tiny_clip, tiny_root):
     acc = evaluate(zs, ds.test, ds.classnames, ds.template, progress=False)
     assert 100.0 * (preds == labels).mean() == pytest.approx(acc)
     assert labels.tolist() == [s.label for s in ds.test]
+
+
+def test_linear_head_starts_at_zero_shot_and_learns_its_shots(tiny_clip, tiny_root):
+    ds = load_dataset("dtd", tiny_root)
+    zs = build_method("zeroshot", tiny_clip, ds.classnames, ds.template)
+    acc = evaluate(zs, ds.test, ds.classnames, ds.template, progress=False)
+    # scored on its own training images, the head must fit them better than zero-shot does
+    r = linear_head(tiny_clip, ds.train, ds.train, ds.test, ds.classnames, ds.template,
+                    max_steps=200, every=5, lr=1e-2)
+    assert r["zero_shot"] == pytest.approx(acc)
+    train_zs = evaluate(zs, ds.train, ds.classnames, ds.template, progress=False)
+    assert r["step"] > 0 and r["val"] == r["train"] > train_zs
+    assert r["best_test"] >= max(r["linear_head"], r["zero_shot"])
+    # no steps: the head is the zero-shot classifier
+    r0 = linear_head(tiny_clip, ds.train, ds.val, ds.test, ds.classnames, ds.template,
+                     max_steps=0)
+    assert r0["linear_head"] == r0["zero_shot"] and r0["step"] == 0
 
 
 def test_confusion_matrix_and_top_confusions():

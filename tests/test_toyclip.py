@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from promptviz.backbone import TOYCLIP_WEIGHTS, load_clip
-from promptviz.modelcard import REFERENCE, reference_logits
+from promptviz.modelcard import REFERENCE, markdown, quality_bars, reference_logits
 
 
 def test_toyclip_loads_through_the_common_loader():
@@ -38,3 +38,26 @@ def test_coop_improves_on_the_dtd_style_template(tmp_path):
     zs = run(TrainConfig(method="zeroshot", out=str(tmp_path / "zs"), **common))
     coop = run(TrainConfig(method="coop", out=str(tmp_path / "coop"), epochs=10, **common))
     assert coop["hm"] > zs["hm"] and coop["new_acc"] > zs["new_acc"]
+
+
+def test_card_bars_and_table_report_the_linear_head():
+    zero_shot = [{"dataset": d, "classes": 10, "template": "a photo of a {}.", "acc": a,
+                  "chance": 10.0} for d, a in (("toy_shapes", 60.0), ("toy_shapes_sketch", 25.0))]
+    zs = [{"dataset": d, "base_acc": b, "new_acc": 50.0, "hm": 50.0, "n": 1}
+          for d, b in (("toy_shapes", 60.0), ("toy_fine", 40.0))]
+    coop = [{**r, "base_acc": r["base_acc"] + g, "base_acc_std": 0.5, "new_acc_std": 0.0,
+             "hm_std": 0.0, "n": 3} for r, g in zip(zs, (8.0, 4.0))]
+    heads = [{"dataset": r["dataset"], "n": 3, "linear_head": r["base_acc"] + g,
+              "linear_head_std": 0.0, "best_test": r["base_acc"] + 2 * g, "best_test_std": 0.0}
+             for r, g in zip(zs, (1.0, 3.0))]
+    bars = quality_bars(zero_shot, zs, coop, heads)
+    assert bars["coop_base_gain_mean"] == 6.0 and bars["coop_base_gain_ok"]
+    assert bars["linear_head_gain_mean"] == 2.0 and bars["best_test_gain_mean"] == 4.0
+    assert not bars["all_three_x_chance"] and bars["shift_drop"] == {"toy_shapes_sketch": 35.0}
+    card = {"seeds": [1, 2, 3], "zero_shot": zero_shot, "zeroshot_b2n": zs, "coop_b2n": coop,
+            "headroom": heads, "bars": bars}
+    md = markdown(card)
+    assert "| linear head base | ceiling |" in md and "| 61.0 ± 0.0 | 62.0 ± 0.0 |" in md
+    assert "linear head **+2.0**, ceiling **+4.0**" in md
+    del card["headroom"]                                  # cards written before the head
+    assert "linear head" not in markdown(card)

@@ -28,6 +28,7 @@ from promptviz.backbone import ActivationCache, Backbone
 from promptviz.data import ImageDataset, Sample, clip_transform
 from promptviz.evaluate import autocast_for
 from promptviz.methods import Method
+from promptviz.methods.base import zero_shot_text_features
 from promptviz.viz.patches import to_uint8_image
 
 # --- text ----------------------------------------------------------------------------
@@ -208,9 +209,8 @@ def linear_head(backbone: Backbone, train: Sequence[Sample], val: Sequence[Sampl
     xs = {k: image_features(backbone, v) for k, v in
           (("train", train), ("val", val), ("test", test))}
     with torch.no_grad():
-        ids = backbone.tokenize([template.format(c.replace("_", " ")) for c in classnames])
-        text = backbone.encode_text(ids.to(backbone.device)).float().cpu()
-    w = torch.nn.Parameter(torch.nn.functional.normalize(text, dim=-1))
+        text = zero_shot_text_features(backbone, list(classnames), template).cpu()
+    w = torch.nn.Parameter(text)
     scale = backbone.logit_scale
 
     def acc(split: str) -> float:

@@ -73,6 +73,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     cfg = PretrainConfig(out=a.out, model=a.model, steps=a.steps, batch_size=a.batch_size,
                          lr=a.lr, warmup=a.warmup, seed=a.seed, device=a.device,
                          threads=a.threads, warm_steps=a.warm_steps, warm_from=a.warm_from,
+                         caption_noise=a.caption_noise, aux_weight=a.aux_weight,
                          progress=not a.quiet)
     print(f"wrote {pretrain(cfg)}")
     return 0
@@ -239,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take the image tower from an earlier run (its --out folder or "
                          "toyclip.safetensors; e.g. a --steps 0 warm start) instead of "
                          "warming it up here")
+    pt.add_argument("--caption-noise", type=float, default=0.0, metavar="P",
+                    help="share of web-like careless captions: the main object's shape "
+                         "left vague, or only the other objects described (0-1)")
+    pt.add_argument("--aux-weight", type=float, default=0.0, metavar="W",
+                    help="weight of attribute heads on the image embedding during the "
+                         "contrastive run (keeps what the warm start taught; 0 = off)")
     pt.add_argument("--batch-size", type=int, default=128)
     pt.add_argument("--lr", type=float, default=1e-3)
     pt.add_argument("--warmup", type=int, default=100)

@@ -12,6 +12,9 @@ final weights are exported as fp16 safetensors with the open_clip config in
 their metadata (``toyclip.safetensors``), loadable by ``load_clip(path)``.
 A small zero-shot probe on held-out scenes (shape and colour of a single
 object) is logged as training goes, so you can see *what* has been learned.
+Two experiment knobs, off in the shipped recipe: ``caption_noise`` makes a share of the
+captions careless like web alt text, and ``aux_weight`` adds attribute heads on the image
+embedding to the contrastive loss (the warm start's lesson, kept).
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ from promptviz.checkpoint import atomic_torch_save, atomic_write_text
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
 from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
-from promptviz.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
+from promptviz.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    STYLES,
+)
 
 
 @dataclass
@@ -72,6 +83,13 @@ class PretrainConfig:
     logit_scale: float = 0.0           # > 0: start the temperature at this scale
     learn_scale: bool = True            # False: keep the starting scale fixed
     same_caption: bool = False          # identical captions are positives of each other
+    # Web-like captions: the share of captions that leave the main object's shape vague or
+    # describe only the other objects (see toyworld.captions.caption).
+    caption_noise: float = 0.0
+    # Keep the warm start's lesson during the contrastive run: linear heads on the image
+    # embedding name the main object's attributes, the style and the background from
+    # ground truth, added to the contrastive loss with this weight (0 = off).
+    aux_weight: float = 0.0
     log_every: int = 50
     save_every: int = 200
     probe_every: int = 250
@@ -93,13 +111,16 @@ def clean_share(step: int, cfg: PretrainConfig) -> float:
 
 
 def clip_loss(model: torch.nn.Module, images: torch.Tensor, ids: torch.Tensor,
-              same_caption: bool = False) -> torch.Tensor:
+              same_caption: bool = False, image_features: torch.Tensor | None = None
+              ) -> torch.Tensor:
     """CLIP's symmetric contrastive loss over a batch of (image, caption) pairs.
 
     With ``same_caption``, pairs whose captions are token-for-token identical count as
-    positives of each other (soft targets) instead of as negatives.
+    positives of each other (soft targets) instead of as negatives. ``image_features``
+    (unnormalised ``encode_image`` output) saves encoding the images a second time.
     """
-    f = model.encode_image(images, normalize=True)
+    f = model.encode_image(images) if image_features is None else image_features
+    f = F.normalize(f, dim=-1)
     t = model.encode_text(ids, normalize=True)
     logits = model.logit_scale.exp().clamp(max=100) * f @ t.t()
     if same_caption:
@@ -134,7 +155,8 @@ class _Prefetch:
             pick = int(torch.randint(len(COLOURS), (1,), generator=self.gen))
             colour = list(COLOURS)[pick] if one_colour else None
             batch = sample_batch(cfg.batch_size, self.gen, cfg.image_size, colour=colour,
-                                 clean=clean_share(self.step, cfg))
+                                 clean=clean_share(self.step, cfg),
+                                 caption_noise=cfg.caption_noise)
             self.step += 1
             self.queue.put((batch, self.gen.get_state()))
 
@@ -170,6 +192,20 @@ def probe(model: torch.nn.Module, tokenizer, image_size: int = 64, n: int = 200,
 
 ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS,
               "size": tuple(SIZES), "position": POSITIONS}
+SCENE_ATTRIBUTES = {"style": STYLES, "background": BACKGROUNDS}
+
+
+def attribute_loss(heads: torch.nn.ModuleDict, f: torch.Tensor, scenes: list) -> torch.Tensor:
+    """Sum of the cross-entropies of linear heads naming the main object's attributes
+    (``ATTRIBUTES``) and the scene's style and background from image features ``f``."""
+    loss = f.new_zeros(())
+    for attr, head in heads.items():
+        if attr in SCENE_ATTRIBUTES:
+            y = [SCENE_ATTRIBUTES[attr].index(getattr(s, attr)) for s in scenes]
+        else:
+            y = [ATTRIBUTES[attr].index(getattr(s.objects[s.target], attr)) for s in scenes]
+        loss = loss + F.cross_entropy(head(f), torch.tensor(y, device=f.device))
+    return loss
 
 
 def patch_targets(batch, attr: str, names: tuple, patch_size: int) -> torch.Tensor:
@@ -279,6 +315,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if model_cfg is None:
         raise PromptvizError(f"unknown model config {cfg.model!r}; known: toyclip, pv-tiny "
                              "or any open_clip.list_models() name")
+    if not 0.0 <= cfg.caption_noise <= 1.0:
+        raise PromptvizError(f"--caption-noise {cfg.caption_noise} is not a share; give a "
+                             "number from 0 (clean captions) to 1")
+    if not cfg.aux_weight >= 0.0:
+        raise PromptvizError(f"--aux-weight {cfg.aux_weight} must be >= 0 (0 turns the "
+                             "attribute heads off)")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise PromptvizError("--device cuda was asked for but no CUDA GPU is visible")
     device = torch.device(cfg.device)
@@ -310,6 +352,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
                     "weight_decay": cfg.weight_decay, "scale": scale},
                    {"params": [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)],
                     "weight_decay": 0.0, "scale": scale}]
+    heads = torch.nn.ModuleDict({a: torch.nn.Linear(model.visual.output_dim, len(v))
+                                 for a, v in {**ATTRIBUTES, **SCENE_ATTRIBUTES}.items()}
+                                ).to(device) if cfg.aux_weight else torch.nn.ModuleDict()
+    if cfg.aux_weight:   # the heads learn at the full rate; they are not exported
+        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "scale": 1.0})
     optim = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, log = 0, []
@@ -320,6 +367,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             raise PromptvizError(f"{state_path} belongs to another run (model/seed differ); "
                                  "use another --out")
         model.load_state_dict(saved["model"])
+        heads.load_state_dict(saved.get("heads", {}))
         optim.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         step, log = saved["step"], saved["log"]
@@ -333,15 +381,20 @@ def pretrain(cfg: PretrainConfig) -> Path:
         for g in optim.param_groups:
             g["lr"] = lr_at(step, cfg) * g["scale"]
         ids = tokenizer(batch.captions).to(device)
-        loss = clip_loss(model, normalise(batch.images).to(device), ids, cfg.same_caption)
+        images = normalise(batch.images).to(device)
+        f = model.encode_image(images)
+        loss = clip_loss(model, images, ids, cfg.same_caption, image_features=f)
+        contrastive = loss.item()
+        if cfg.aux_weight:
+            loss = loss + cfg.aux_weight * attribute_loss(heads, f, batch.scenes)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        value = loss.item()
-        if not math.isfinite(value):
+        value = contrastive
+        if not math.isfinite(loss.item()):
             raise PromptvizError(f"pretraining loss became {value} at step {step}; lower --lr "
                                  f"(now {cfg.lr}) and resume from the last saved state")
         running = value if running is None else 0.95 * running + 0.05 * value
@@ -356,7 +409,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
             print(json.dumps(entry), flush=True)
         if done % cfg.save_every == 0 or done == cfg.steps:
             # the stream state saved is the one right after the last batch trained on
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optim.state_dict(),
+            atomic_torch_save({"model": model.state_dict(), "heads": heads.state_dict(),
+                               "optimizer": optim.state_dict(),
                                "generator": stream.state, "step": done, "log": log,
                                "config": asdict(cfg)}, state_path)
     stream.stop = True

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from promptviz.backbone import load_clip
 from promptviz.pretrain import PretrainConfig, lr_at, pretrain
+from promptviz.toyworld.world import SHAPES as SHAPES_
 
 
 def _cfg(out, steps: int, **kw) -> PretrainConfig:
@@ -32,11 +33,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = pt.clip_loss
 
-    def interrupted(*args):
+    def interrupted(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 6:                      # dies in step 6, after the state of step 4
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kw)
 
     monkeypatch.setattr(pt, "clip_loss", interrupted)
     part = tmp_path / "part"
@@ -123,3 +124,65 @@ def test_warm_from_an_earlier_warm_start(tmp_path):
         pretrain(_cfg(tmp_path / "other", steps=2, model="toyclip", image_size=64,
                       warm_from=str(warm)))
     assert not (tmp_path / "other").exists()
+
+
+def test_attribute_heads_and_noisy_captions_train_and_resume(tmp_path, monkeypatch):
+    import pytest
+
+    import promptviz.pretrain as pt
+    from promptviz.errors import PromptvizError
+    kw = dict(aux_weight=0.5, caption_noise=0.3)
+    pretrain(_cfg(tmp_path / "full", steps=4, **kw))
+    state = torch.load(tmp_path / "full" / "state.pt", weights_only=False)
+    assert {k.split(".")[0] for k in state["heads"]} == {
+        "shape", "colour", "pattern", "size", "position", "style", "background"}
+    assert "heads" not in json.dumps(list(load_file(tmp_path / "full" / "toyclip.safetensors")))
+    # a run that dies in step 4 (state saved after step 2) and resumes ends with the same
+    # weights: the heads and their optimiser state are saved and restored too
+    original, calls = pt.attribute_loss, {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(pt, "attribute_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(tmp_path / "part", steps=4, **kw))
+    monkeypatch.setattr(pt, "attribute_loss", original)
+    pretrain(_cfg(tmp_path / "part", steps=4, **kw))
+    a = load_file(tmp_path / "full" / "toyclip.safetensors")
+    b = load_file(tmp_path / "part" / "toyclip.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for bad, match in ((dict(caption_noise=1.5), "caption-noise"),
+                       (dict(aux_weight=-1.0), "aux-weight")):
+        with pytest.raises(PromptvizError, match=match):
+            pretrain(_cfg(tmp_path / "bad", steps=2, **bad))
+        assert not (tmp_path / "bad").exists()
+    from promptviz.modelcard import provenance
+    command = provenance(tmp_path / "full", tmp_path / "full" / "toyclip.safetensors")["command"]
+    assert command.endswith("--caption-noise 0.3 --aux-weight 0.5")
+
+
+def test_attribute_loss_names_the_main_object():
+    from promptviz.pretrain import ATTRIBUTES, SCENE_ATTRIBUTES, attribute_loss
+    from promptviz.toyworld import sample_batch
+    batch = sample_batch(16, torch.Generator().manual_seed(0), 32)
+    heads = torch.nn.ModuleDict({a: torch.nn.Linear(8, len(v)) for a, v in
+                                 {**ATTRIBUTES, **SCENE_ATTRIBUTES}.items()})
+    for head in heads.values():
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    f = torch.randn(16, 8)
+    # all-zero heads: every attribute is uniform, the loss is the sum of log(#values)
+    expected = sum(torch.log(torch.tensor(float(len(v)))) for v in
+                   {**ATTRIBUTES, **SCENE_ATTRIBUTES}.values())
+    assert torch.isclose(attribute_loss(heads, f, batch.scenes), expected)
+    # a head that reads the right answer off the features is (nearly) lossless
+    y = [SHAPES_.index(s.objects[s.target].shape) for s in batch.scenes]
+    one = torch.nn.ModuleDict({"shape": torch.nn.Linear(len(SHAPES_), len(SHAPES_))})
+    with torch.no_grad():
+        one["shape"].weight.copy_(50 * torch.eye(len(SHAPES_)))
+        one["shape"].bias.zero_()
+    assert attribute_loss(one, torch.eye(len(SHAPES_))[y], batch.scenes) < 1e-6

@@ -159,6 +159,24 @@ def test_captions_name_the_shape_with_synonyms_and_vary():
             assert not colour_words & set(_words(c).split()), c
 
 
+def test_noisy_captions_miss_the_main_shape_and_noise_zero_changes_nothing():
+    r = random.Random(7)
+    scenes = [sample_scene(r) for _ in range(300)]
+    clean = [caption(s, random.Random(i)) for i, s in enumerate(scenes)]
+    assert clean == [caption(s, random.Random(i), 0.0) for i, s in enumerate(scenes)]
+
+    def names_main(s, c):
+        main = s.objects[s.target].shape
+        return any(f" {w} " in _words(c) for w in SHAPE_WORDS[main])
+    # only scenes whose other objects have other shapes can tell
+    alone = [(s, i) for i, s in enumerate(scenes)
+             if sum(o.shape == s.objects[s.target].shape for o in s.objects) == 1]
+    rate = {p: np.mean([names_main(s, caption(s, random.Random(i), p)) for s, i in alone])
+            for p in (0.0, 0.5, 1.0)}
+    assert rate[0.0] > 0.85 and rate[1.0] < 0.15
+    assert rate[1.0] < rate[0.5] - 0.2 < rate[0.0] - 0.4
+
+
 def test_caption_is_deterministic_given_rng():
     scene = sample_scene(np.random.default_rng(0))
     assert caption(scene, np.random.default_rng(1)) == caption(scene, np.random.default_rng(1))

@@ -107,16 +107,18 @@ def _join(items: list[str]) -> str:
 
 
 def describe(obj: Obj, rng: np.random.Generator | random.Random, *, colour: bool = True,
-             position: float = 0.0) -> str:
+             position: float = 0.0, vague: float = 0.0) -> str:
     """A noun phrase for one object, e.g. 'a small crimson striped star in the top left'.
 
     Mentions the shape almost always, the colour often (if ``colour``), the
     pattern and size sometimes, the position with probability ``position``.
+    With probability ``vague`` (web noise) the shape is only "shape"/"object"/"thing".
     """
     r = as_random(rng)
     say_colour = colour and r.random() < 0.75
     say_pattern = r.random() < (0.15 if obj.pattern == "solid" else 0.45)
-    if r.random() < 0.92 or not (say_colour or say_pattern):
+    named = r.random() < 0.92 and not (vague and r.random() < vague)
+    if named or not (say_colour or say_pattern):
         noun = r.choice(SHAPE_WORDS[obj.shape])
     else:
         noun = r.choice(GENERIC_NOUNS)
@@ -134,8 +136,13 @@ def describe(obj: Obj, rng: np.random.Generator | random.Random, *, colour: bool
     return with_article(" ".join(words + adjectives + [noun] + tail))
 
 
-def caption(scene: Scene, rng: np.random.Generator | random.Random) -> str:
+def caption(scene: Scene, rng: np.random.Generator | random.Random, noise: float = 0.0) -> str:
     """One random caption for ``scene``; call again for another.
+
+    ``noise`` (0-1) makes the captions as careless as web alt text: with that
+    probability the main object's shape is left vague ("a red object"), and, in a scene
+    of several objects, the caption describes only the others. ``noise=0`` (the default)
+    draws exactly the same captions as before the knob existed.
 
     >>> caption(scene, np.random.default_rng(0))   # doctest: +SKIP
     'a sketch of a striped star and a small blue disc'
@@ -144,14 +151,17 @@ def caption(scene: Scene, rng: np.random.Generator | random.Random) -> str:
     colour = scene.style != "shifted"
     objs, main = scene.objects, scene.objects[scene.target]
     n = len(objs)
-    if n == 1 or r.random() < 0.2:  # the main object alone
+    if noise and n > 1 and r.random() < noise:  # the caption misses the main object
+        objs = [o for o in objs if o is not main]
+        body = _join([describe(o, r, colour=colour, position=0.12) for o in objs])
+    elif n == 1 or r.random() < 0.2:  # the main object alone
         if r.random() < 0.25:  # "there is a red star in the top left"
-            body = describe(main, r, colour=colour)
+            body = describe(main, r, colour=colour, vague=noise)
             body = f"there is {body} {r.choice(POSITION_WORDS[main.position])}"
             if n > 1:
                 body += f" and {NUMBERS[n - 2]} other shape{'s' * (n > 2)}"
             return body + "." * (r.random() < 0.5)
-        body = describe(main, r, colour=colour, position=0.25)
+        body = describe(main, r, colour=colour, position=0.25, vague=noise)
         if n > 1:
             body += r.choice((" among other shapes", f" and {NUMBERS[n - 2]} smaller shape"
                               + "s" * (n > 2), " with something else"))
@@ -161,7 +171,8 @@ def caption(scene: Scene, rng: np.random.Generator | random.Random) -> str:
         if r.random() < 0.5:  # the main object first, like a photographer's caption
             order.remove(main)
             order.insert(0, main)
-        phrases = [describe(o, r, colour=colour, position=0.12) for o in order]
+        phrases = [describe(o, r, colour=colour, position=0.12, vague=noise * (o is main))
+                   for o in order]
         u = r.random()
         if u < 0.35:
             body = f"{r.choice(NUMBERS[n - 1:n] + (str(n),))} " \

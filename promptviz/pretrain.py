@@ -366,6 +366,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if saved["config"]["model"] != cfg.model or saved["config"]["seed"] != cfg.seed:
             raise PromptvizError(f"{state_path} belongs to another run (model/seed differ); "
                                  "use another --out")
+        if saved["config"].get("aux_weight", 0.0) != cfg.aux_weight:
+            raise PromptvizError(f"{state_path} was trained with --aux-weight "
+                                 f"{saved['config'].get('aux_weight', 0.0)}, not "
+                                 f"{cfg.aux_weight}; resume with the same value or use "
+                                 "another --out")
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved.get("heads", {}))
         optim.load_state_dict(saved["optimizer"])

@@ -160,6 +160,8 @@ def test_attribute_heads_and_noisy_captions_train_and_resume(tmp_path, monkeypat
         with pytest.raises(PromptvizError, match=match):
             pretrain(_cfg(tmp_path / "bad", steps=2, **bad))
         assert not (tmp_path / "bad").exists()
+    with pytest.raises(PromptvizError, match="aux-weight 0.5, not 0.0"):
+        pretrain(_cfg(tmp_path / "part", steps=6, caption_noise=0.3))
     from promptviz.modelcard import provenance
     command = provenance(tmp_path / "full", tmp_path / "full" / "toyclip.safetensors")["command"]
     assert command.endswith("--caption-noise 0.3 --aux-weight 0.5")

@@ -195,17 +195,22 @@ ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "pattern": PATTERNS,
 SCENE_ATTRIBUTES = {"style": STYLES, "background": BACKGROUNDS}
 
 
+def attribute_targets(scenes: list, attr: str, device: torch.device | str = "cpu"
+                      ) -> torch.Tensor:
+    """Class index ``[B]`` of ``attr``: the main object's (``ATTRIBUTES``) or the scene's
+    (``SCENE_ATTRIBUTES``)."""
+    if attr in SCENE_ATTRIBUTES:
+        y = [SCENE_ATTRIBUTES[attr].index(getattr(s, attr)) for s in scenes]
+    else:
+        y = [ATTRIBUTES[attr].index(getattr(s.objects[s.target], attr)) for s in scenes]
+    return torch.tensor(y, device=device)
+
+
 def attribute_loss(heads: torch.nn.ModuleDict, f: torch.Tensor, scenes: list) -> torch.Tensor:
     """Sum of the cross-entropies of linear heads naming the main object's attributes
     (``ATTRIBUTES``) and the scene's style and background from image features ``f``."""
-    loss = f.new_zeros(())
-    for attr, head in heads.items():
-        if attr in SCENE_ATTRIBUTES:
-            y = [SCENE_ATTRIBUTES[attr].index(getattr(s, attr)) for s in scenes]
-        else:
-            y = [ATTRIBUTES[attr].index(getattr(s.objects[s.target], attr)) for s in scenes]
-        loss = loss + F.cross_entropy(head(f), torch.tensor(y, device=f.device))
-    return loss
+    return sum((F.cross_entropy(head(f), attribute_targets(scenes, attr, f.device))
+                for attr, head in heads.items()), f.new_zeros(()))
 
 
 def patch_targets(batch, attr: str, names: tuple, patch_size: int) -> torch.Tensor:
@@ -252,9 +257,8 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
             batch = sample_batch(cfg.batch_size, gen, cfg.image_size, clean=cfg.warm_clean)
             f, tokens = visual(normalise(batch.images).to(device))
             loss, accs = 0.0, {}
-            main = [s.objects[s.target] for s in batch.scenes]
-            for attr, names in ATTRIBUTES.items():
-                y = torch.tensor([names.index(getattr(o, attr)) for o in main], device=device)
+            for attr in ATTRIBUTES:
+                y = attribute_targets(batch.scenes, attr, device)
                 logits = heads[attr](f)
                 loss = loss + F.cross_entropy(logits, y)
                 accs[attr] = round(100.0 * (logits.argmax(-1) == y).float().mean().item(), 1)

@@ -74,7 +74,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
                          lr=a.lr, warmup=a.warmup, seed=a.seed, device=a.device,
                          threads=a.threads, warm_steps=a.warm_steps, warm_from=a.warm_from,
                          caption_noise=a.caption_noise, aux_weight=a.aux_weight,
-                         progress=not a.quiet)
+                         init_from=a.init_from, image_lr_scale=a.image_lr_scale,
+                         paint_names=a.paint_names, progress=not a.quiet)
     print(f"wrote {pretrain(cfg)}")
     return 0
 
@@ -94,7 +95,8 @@ def cmd_toyworld_build(a: argparse.Namespace) -> int:
 def cmd_toyworld_card(a: argparse.Namespace) -> int:
     from promptviz.modelcard import CardConfig, make_card, markdown
     card = make_card(CardConfig(backbone=a.backbone, data_root=a.data_root, out=a.out,
-                                seeds=tuple(a.seeds), device=a.device, progress=not a.quiet))
+                                seeds=tuple(a.seeds), epochs=a.epochs, device=a.device,
+                                progress=not a.quiet))
     print(markdown(card))
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
     if a.pretrain_run:
@@ -138,7 +140,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from promptviz.demo import DemoConfig, run_demo
     run_demo(DemoConfig(out=a.out, data_root=a.data_root, backbone=a.backbone,
-                        datasets=a.datasets, device=a.device, progress=not a.quiet))
+                        datasets=a.datasets or DemoConfig().datasets, device=a.device,
+                        progress=not a.quiet))
     return 0
 
 
@@ -240,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take the image tower from an earlier run (its --out folder or "
                          "toyclip.safetensors; e.g. a --steps 0 warm start) instead of "
                          "warming it up here")
+    pt.add_argument("--init-from", default="", metavar="RUN",
+                    help="start the whole CLIP from an earlier run's export (its --out "
+                         "folder or toyclip.safetensors) and go on training it")
+    pt.add_argument("--image-lr-scale", type=float, default=0.1, metavar="S",
+                    help="image tower's learning rate × S after a warm start or --init-from "
+                         "(0 locks it)")
+    pt.add_argument("--paint-names", type=float, default=0.0, metavar="P",
+                    help="chance that a caption names a colour by its specialist name "
+                         "('vermilion'), the words ToyPaints' classes use (0-1)")
     pt.add_argument("--caption-noise", type=float, default=0.0, metavar="P",
                     help="share of web-like careless captions: the main object's shape "
                          "left vague, or only the other objects described (0-1)")
@@ -271,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-root", default="data/toyworld")
     c.add_argument("--out", default="runs/card")
     c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    c.add_argument("--epochs", type=int, default=50, help="CoOp's training epochs")
     c.add_argument("--device", default="cpu")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
@@ -303,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--data-root", default="data/toyworld")
     dm.add_argument("--backbone", default="toyclip")
-    dm.add_argument("--datasets", nargs="+", default=["toy_textures", "toy_fine"],
-                    help="ToyWorld datasets (or any datasets under --data-root)")
+    dm.add_argument("--datasets", nargs="+", default=None,
+                    help="ToyWorld datasets (or any datasets under --data-root; default "
+                         "toy_paints toy_fine)")
     dm.add_argument("--device", default="cpu")
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)

@@ -2,7 +2,9 @@
 
 Every run is an ordinary ``promptviz train`` run in its own folder
 (``OUT/runs/<method>/<dataset>/shots<K>/seed<S>``); a run whose ``results.json``
-exists is skipped, so an interrupted study resumes where it stopped. The table
+exists is skipped, so an interrupted study resumes where it stopped, unless that result
+was computed with other backbone weights or settings (its ``run_key``), which is run
+again. The table
 is computed in code from those files (no log scraping): per-dataset mean ± std over
 seeds, and an average row per method whose HM is computed from the averaged base and
 novel accuracies, as the papers do.
@@ -26,12 +28,14 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data.datasets import looks_like_path
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import aggregate, harmonic_mean
+from promptviz.featcache import weights_fingerprint
 from promptviz.progress import progress_bar
-from promptviz.train import RESULTS, TrainConfig, run, run_eval
+from promptviz.train import RESULTS, TrainConfig, run, run_eval, run_key
 from promptviz.viz import Report, accuracy_bars, results_table_html
 
 PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg")
@@ -109,13 +113,21 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
     out = Path(cfg.out)
     rows: list[dict[str, Any]] = []
     train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
+    weights = None                       # the backbone's fingerprint, read when first needed
     for method, dataset, shots, seed in progress_bar(plan(cfg), desc="compare",
                                                      enabled=cfg.progress):
         folder = out / "runs" / method / _slug(dataset) / f"shots{shots}" / f"seed{seed}"
-        if (folder / RESULTS).is_file():
-            res = json.loads((folder / RESULTS).read_text())
-        else:
-            res = run(_train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder))
+        train_cfg = _train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder)
+        res = json.loads((folder / RESULTS).read_text()) if (folder / RESULTS).is_file() else None
+        if res is not None:
+            if weights is None:
+                weights = weights_fingerprint(load_clip(cfg.backbone, cfg.device).model)
+            if res.get("run_key") != run_key(train_cfg, weights):   # other weights or settings
+                res = None
+                for stale in folder.glob("transfer_*.json"):
+                    stale.unlink()
+        if res is None:
+            res = run(train_cfg)
         if cfg.protocol in {"base2new", "fewshot"}:
             rows.append(res)
             continue

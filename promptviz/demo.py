@@ -1,7 +1,8 @@
 """``make demo``: the whole story offline on a CPU in a few minutes.
 
-Builds the ToyWorld suite (once), then on base-to-novel splits of ToyTextures (a
-poor hand-crafted template) and ToyFine (36 colour × shape classes) evaluates
+Builds the ToyWorld suite (once), then on base-to-novel splits of ToyPaints (colours
+under rare names, where prompt tuning has much to learn) and ToyFine (36 colour × shape
+classes, where it has little) evaluates
 zero-shot toyclip and trains CoOp, CoOp+TextRefiner and SEP, prints the base / novel /
 HM tables and writes
 ``runs/demo/report.html``: one file, plotly embedded, that opens offline, with the
@@ -33,11 +34,14 @@ class DemoConfig:
     out: str = "runs/demo"
     data_root: str = TOYWORLD_ROOT
     backbone: str = "toyclip"
-    datasets: list[str] = field(default_factory=lambda: ["toy_textures", "toy_fine"])
+    datasets: list[str] = field(default_factory=lambda: ["toy_paints", "toy_fine"])
     methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop", "textrefiner", "sep"])
     shots: int = 16
     seed: int = 1
     epochs: int = 10
+    # ToyPaints' 5 base classes × 16 shots make two batches an epoch: it trains for as many
+    # epochs as the model card's CoOp (10 epochs would be 20 optimiser steps)
+    epochs_by_dataset: dict[str, int] = field(default_factory=lambda: {"toy_paints": 50})
     device: str = "cpu"
     progress: bool = True
 
@@ -82,6 +86,10 @@ def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
 
 FIGURES = {"textrefiner": _textrefiner_figure, "sep": _sep_figure}
 ABOUT = {
+    "toy_paints": "9 colours under a paint catalogue's names (\"vermilion\", \"viridian\"): "
+                  "toyclip's image tower tells the colours apart, but its captions seldom used "
+                  "these words, so the template classifier is poor and 16 shots teach a "
+                  "learned context a lot, as on Flowers or EuroSAT for real CLIP.",
     "toy_textures": "6 patterns with DTD's template \"{} texture.\", a phrase toyclip never "
                     "saw in pretraining, which a learned context replaces.",
     "toy_fine": "36 colour × shape classes that share attributes (the fine-grained case "
@@ -99,14 +107,17 @@ def run_demo(cfg: DemoConfig) -> Path:
     report.paragraph(
         f"Backbone {cfg.backbone}; base-to-novel: train on the first half of the classes "
         f"with {cfg.shots} shots each, test on base and novel classes; seed {cfg.seed}, "
-        f"{cfg.epochs} epochs.")
+        f"{cfg.epochs} epochs"
+        + "".join(f", {d}: {e}" for d, e in cfg.epochs_by_dataset.items() if d in cfg.datasets)
+        + ".")
     for dataset in cfg.datasets:
+        epochs = cfg.epochs_by_dataset.get(dataset, cfg.epochs)
         rows = []
         for method in cfg.methods:
             res = run(TrainConfig(
                 method=method, backbone=cfg.backbone, dataset=dataset, data_root=cfg.data_root,
                 protocol="base2new", shots=cfg.shots, seed=cfg.seed,
-                epochs=None if method == "zeroshot" else cfg.epochs, device=cfg.device,
+                epochs=None if method == "zeroshot" else epochs, device=cfg.device,
                 out=str(Path(cfg.out) / dataset / method), progress=cfg.progress))
             rows.append({"label": LABELS.get(method, method), **res})
         print(f"\n{dataset}\n{format_table(rows)}")

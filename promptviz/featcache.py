@@ -51,15 +51,20 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return user_cache_dir() / "features"
 
 
-def backbone_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of every weight of the image tower: two checkpoints that share a name
-    (a user's own ``promptviz pretrain`` run vs the shipped toyclip, a fine-tuned tower)
-    never share cached features. Hashing costs far less than one pass of encoding."""
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of every weight of ``module`` (names, dtypes, shapes and values)."""
     h = hashlib.sha256()
-    for name, t in model.visual.state_dict().items():
+    for name, t in module.state_dict().items():
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def backbone_fingerprint(model: torch.nn.Module) -> str:
+    """The fingerprint of the image tower: two checkpoints that share a name (a user's own
+    ``promptviz pretrain`` run vs the shipped toyclip, a fine-tuned tower) never share
+    cached features. Hashing costs far less than one pass of encoding."""
+    return weights_fingerprint(model.visual)
 
 
 def entry_key(facts: dict[str, Any], items: list[tuple[str, int]]) -> str:

@@ -77,6 +77,9 @@ class PretrainConfig:
     # Or take the image tower from an earlier run's export (e.g. one made with ``steps=0``,
     # a warm start only) instead of warming up here; its warm-start log is copied along.
     warm_from: str = ""
+    # Or start the whole CLIP (both towers) from an earlier run's export and go on training
+    # it, e.g. with the image tower locked (image_lr_scale=0) and a new caption vocabulary.
+    init_from: str = ""
     warm_clean: float = 0.7            # share of clean scenes in the warm start's batches
     warm_dense: float = 1.0            # weight of the per-patch shape / colour losses
     image_lr_scale: float = 0.1
@@ -86,6 +89,9 @@ class PretrainConfig:
     # Web-like captions: the share of captions that leave the main object's shape vague or
     # describe only the other objects (see toyworld.captions.caption).
     caption_noise: float = 0.0
+    # The chance that a named colour is its specialist name ("vermilion", "ultramarine":
+    # toyworld.captions.PAINT_WORDS), rare words that ToyPaints' class names use.
+    paint_names: float = 0.0
     # Keep the warm start's lesson during the contrastive run: linear heads on the image
     # embedding name the main object's attributes, the style and the background from
     # ground truth, added to the contrastive loss with this weight (0 = off).
@@ -156,7 +162,8 @@ class _Prefetch:
             colour = list(COLOURS)[pick] if one_colour else None
             batch = sample_batch(cfg.batch_size, self.gen, cfg.image_size, colour=colour,
                                  clean=clean_share(self.step, cfg),
-                                 caption_noise=cfg.caption_noise)
+                                 caption_noise=cfg.caption_noise,
+                                 paint_names=cfg.paint_names)
             self.step += 1
             self.queue.put((batch, self.gen.get_state()))
 
@@ -281,33 +288,41 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
     atomic_write_text(out / "warm_start_log.json", json.dumps(log, indent=2))
 
 
-def _warm_weights(source: Path) -> Path:
+def _weights_file(source: Path, flag: str) -> Path:
     weights = source / "toyclip.safetensors" if source.is_dir() else source
     if not weights.is_file():
-        raise PromptvizError(f"--warm-from {source}: no weights there; give a "
+        raise PromptvizError(f"{flag} {source}: no weights there; give a "
                              "toyclip.safetensors file or the --out folder of a pretrain run")
     return weights
 
 
-def load_warm_start(visual: torch.nn.Module, source: Path) -> Path:
-    """Load the image tower of an earlier run's export (a file, or the run's ``--out``
-    folder) into ``visual``; returns the weight file read."""
+def load_weights(module: torch.nn.Module, source: Path, prefix: str = "visual.",
+                 flag: str = "--warm-from") -> Path:
+    """Load an earlier run's export (a file, or the run's ``--out`` folder) into ``module``:
+    the tensors whose names start with ``prefix`` (``"visual."``: the image tower; ``""``:
+    the whole CLIP). Returns the weight file read."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = _warm_weights(source)
+    weights = _weights_file(source, flag)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise PromptvizError(f"--warm-from {weights} is not a readable safetensors file "
+        raise PromptvizError(f"{flag} {weights} is not a readable safetensors file "
                              f"({e}); point it at a pretrain run's toyclip.safetensors") from None
-    tower = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    ref = visual.state_dict()
-    if tower.keys() != ref.keys() or any(tower[k].shape != ref[k].shape for k in ref):
-        raise PromptvizError(f"--warm-from {weights} holds no image tower of this --model's "
-                             "shape; warm-start with the same --model config")
-    visual.load_state_dict({k: v.to(ref[k].dtype) for k, v in tower.items()})
+    part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    ref = module.state_dict()
+    if part.keys() != ref.keys() or any(part[k].shape != ref[k].shape for k in ref):
+        what = "image tower" if prefix == "visual." else "CLIP"
+        raise PromptvizError(f"{flag} {weights} holds no {what} of this --model's "
+                             "shape; start from a run made with the same --model config")
+    module.load_state_dict({k: v.to(ref[k].dtype) for k, v in part.items()})
     return weights
+
+
+def load_warm_start(visual: torch.nn.Module, source: Path) -> Path:
+    """Load the image tower of an earlier run's export into ``visual`` (``--warm-from``)."""
+    return load_weights(visual, source)
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -322,6 +337,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if not 0.0 <= cfg.caption_noise <= 1.0:
         raise PromptvizError(f"--caption-noise {cfg.caption_noise} is not a share; give a "
                              "number from 0 (clean captions) to 1")
+    if not 0.0 <= cfg.paint_names <= 1.0:
+        raise PromptvizError(f"--paint-names {cfg.paint_names} is not a share; give a "
+                             "number from 0 (no specialist colour names) to 1")
+    if not cfg.image_lr_scale >= 0.0:
+        raise PromptvizError(f"--image-lr-scale {cfg.image_lr_scale} must be >= 0 "
+                             "(0 locks the image tower)")
+    if cfg.init_from and (cfg.warm_from or cfg.warm_steps):
+        raise PromptvizError("--init-from starts from a whole trained CLIP, so there is "
+                             "nothing to warm up: drop --warm-from and pass --warm-steps 0")
     if not cfg.aux_weight >= 0.0:
         raise PromptvizError(f"--aux-weight {cfg.aux_weight} must be >= 0 (0 turns the "
                              "attribute heads off)")
@@ -335,6 +359,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     warm_weights = None
     if cfg.warm_from and not resuming:   # before any write: a bad source leaves nothing
         warm_weights = load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
+    if cfg.init_from and not resuming:
+        load_weights(model, Path(cfg.init_from).expanduser(), prefix="", flag="--init-from")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.logit_scale > 0:
         with torch.no_grad():
@@ -347,10 +373,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
             atomic_write_text(out / log.name, log.read_text())
     elif cfg.warm_steps and not resuming:
         warm_start(model.visual, cfg, out)
-    warmed = bool(cfg.warm_steps or cfg.warm_from)
+    warmed = bool(cfg.warm_steps or cfg.warm_from or cfg.init_from)
     groups = []
+    if warmed and cfg.image_lr_scale == 0:   # a locked image tower (LiT): no gradients at all
+        model.visual.requires_grad_(False)
     for image in (True, False):          # image tower at image_lr_scale × lr (after a warm start)
-        named = [(n, p) for n, p in model.named_parameters() if n.startswith("visual.") == image]
+        named = [(n, p) for n, p in model.named_parameters()
+                 if n.startswith("visual.") == image and p.requires_grad]
         scale = cfg.image_lr_scale if image and warmed else 1.0
         groups += [{"params": [p for n, p in named if p.ndim >= 2 and "embedding" not in n],
                     "weight_decay": cfg.weight_decay, "scale": scale},
@@ -361,6 +390,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                                 ).to(device) if cfg.aux_weight else torch.nn.ModuleDict()
     if cfg.aux_weight:   # the heads learn at the full rate; they are not exported
         groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "scale": 1.0})
+    groups = [g for g in groups if g["params"]]
     optim = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, log = 0, []
@@ -370,11 +400,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if saved["config"]["model"] != cfg.model or saved["config"]["seed"] != cfg.seed:
             raise PromptvizError(f"{state_path} belongs to another run (model/seed differ); "
                                  "use another --out")
-        if saved["config"].get("aux_weight", 0.0) != cfg.aux_weight:
-            raise PromptvizError(f"{state_path} was trained with --aux-weight "
-                                 f"{saved['config'].get('aux_weight', 0.0)}, not "
-                                 f"{cfg.aux_weight}; resume with the same value or use "
-                                 "another --out")
+        for key in ("aux_weight", "paint_names", "init_from", "image_lr_scale"):
+            before = saved["config"].get(key, PretrainConfig.__dataclass_fields__[key].default)
+            if before != getattr(cfg, key):
+                flag = "--" + key.replace("_", "-")
+                raise PromptvizError(f"{state_path} was trained with {flag} {before!r}, not "
+                                     f"{getattr(cfg, key)!r}; resume with the same value or "
+                                     "use another --out")
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved.get("heads", {}))
         optim.load_state_dict(saved["optimizer"])
@@ -384,7 +416,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     stream = _Prefetch(cfg, gen, step)
     bar = progress_bar(range(step, cfg.steps), desc="pretrain", enabled=cfg.progress,
                        initial=step, total=cfg.steps)
-    t0, running = time.perf_counter(), None
+    # a resumed run's clock goes on from its last log entry, so "seconds" is the run's total
+    t0, running = time.perf_counter() - (log[-1]["seconds"] if log else 0.0), None
     for step in bar:
         batch = stream.next()
         for g in optim.param_groups:

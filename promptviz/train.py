@@ -13,6 +13,7 @@ Schedule (Dassl's, used by every paper here): ``warmup_epochs`` at a constant
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -153,8 +154,9 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     history: list[dict[str, float]] = []
     start = 0
     resume = out / RESUME if out else None
+    weights = featcache.weights_fingerprint(bb.model) if resume is not None else ""
     if resume is not None and resume.is_file():
-        start, history = _resume(resume, method, optim, gen, cfg)
+        start, history = _resume(resume, method, optim, gen, cfg, weights)
     if start == 0:
         method.prepare(DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
     for epoch in range(start, cfg.epochs):
@@ -198,8 +200,8 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                     seconds=time.perf_counter() - t0)
         history.append(logs)
         if resume is not None:
-            atomic_torch_save({"epoch": epoch + 1, "history": history, "config": _key(cfg),
-                               "state": method.trainable_state(),
+            atomic_torch_save({"epoch": epoch + 1, "history": history,
+                               "config": _key(cfg, weights), "state": method.trainable_state(),
                                "optimizer": optim.state_dict(),
                                "generator": gen.get_state(),
                                "torch_rng": torch.get_rng_state(),       # augmentations
@@ -292,22 +294,24 @@ def cached_batches(view: tuple[dict[str, torch.Tensor], torch.Tensor], order: li
         yield {k: t[idx.to(t.device)] for k, t in feats.items()}, labels[idx], idx
 
 
-def _key(cfg: TrainConfig) -> dict[str, Any]:
-    """The parts of the config that must match for a resume to be valid."""
+def _key(cfg: TrainConfig, weights: str) -> dict[str, Any]:
+    """The parts of the config, and the backbone's weights, that must match for a resume
+    to be valid."""
     d = dataclasses.asdict(cfg)
     for k in ("out", "progress", "num_workers", "eval_batch_size", "data_root", "cache_dir"):
         d.pop(k)
-    return d
+    return {**d, "weights": weights}
 
 
 def _resume(path: Path, method: Method, optim: torch.optim.Optimizer, gen: torch.Generator,
-            cfg: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+            cfg: TrainConfig, weights: str) -> tuple[int, list[dict[str, float]]]:
     try:
         saved = torch.load(path, map_location=method.backbone.device, weights_only=False)
     except Exception:
         raise PromptvizError(f"{path} is unreadable; delete it to train from scratch") from None
-    if saved.get("config") != _key(cfg):
-        print(f"{path} was written with other settings; training from scratch")
+    if saved.get("config") != _key(cfg, weights):
+        print(f"{path} was written with other settings or backbone weights; training from "
+              "scratch")
         return 0, []
     method.load_trainable_state(saved["state"])
     optim.load_state_dict(saved["optimizer"])
@@ -330,6 +334,20 @@ def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
     return out
 
 
+# TrainConfig fields that say where a run writes and how it reports, not what it computes
+_NOT_IN_KEY = ("out", "progress", "cache_dir")
+
+
+def run_key(cfg: TrainConfig, weights: str) -> str:
+    """What a run computes, as a short hash: its resolved config (less :data:`_NOT_IN_KEY`)
+    and the fingerprint of its backbone's weights. A study reuses a finished run only when
+    the key is the same, so new weights behind the same name (a retrained toyclip) or a
+    changed setting mean a new run, never a stale result."""
+    facts = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items() if k not in _NOT_IN_KEY}
+    facts["weights"] = weights
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train and evaluate one (method, dataset, protocol, shots, seed); write results.json."""
     cfg = cfg.resolved()
@@ -338,10 +356,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     device = check_device(cfg.device)
     set_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, cfg.data_root)
+    requested = cfg                                  # before the dataset fills in augment
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
     backbone = load_clip(cfg.backbone, device)
+    key = run_key(requested, featcache.weights_fingerprint(backbone.model))
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           cfg.options)
     if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):
@@ -364,7 +384,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                "epochs": cfg.epochs, "train_seconds": round(train_seconds, 2),
                "eval_seconds": round(time.perf_counter() - t1, 2),
                "trainable_params": sum(p.numel() for p in method.trainable_parameters()),
-               "history": history, "options": meta["options"]}
+               "history": history, "options": meta["options"], "run_key": key}
     atomic_write_text(out / RESULTS, json.dumps(results, indent=2))
     (out / RESUME).unlink(missing_ok=True)
     return results

@@ -41,6 +41,30 @@ def test_base2new_study_resumes_and_writes_table(tiny_root, tmp_path):
     assert [r["hm"] for r in again] == [r["hm"] for r in table]      # deterministic rerun
 
 
+def test_a_finished_run_is_not_reused_under_other_weights_or_settings(tiny_root, tmp_path):
+    import open_clip
+
+    from promptviz.backbone import load_clip, save_clip
+    weights = tmp_path / "tiny.safetensors"         # one backbone path, weights swapped below
+    save_clip(load_clip("pv-tiny", seed=0).model, weights, open_clip.get_model_config("pv-tiny"),
+              half=False)
+    cfg = _cfg(tiny_root, tmp_path / "study", backbone=str(weights), methods=["coop"],
+               seeds=[1])
+    first = compare(cfg)
+    result = tmp_path / "study" / "runs" / "coop" / "dtd" / "shots2" / "seed1" / "results.json"
+    stamp = result.stat().st_mtime_ns
+    assert [r["hm"] for r in compare(cfg)] == [r["hm"] for r in first]
+    assert result.stat().st_mtime_ns == stamp                       # same weights: reused
+    compare(_cfg(tiny_root, tmp_path / "study", backbone=str(weights), methods=["coop"],
+                 seeds=[1], epochs=2))
+    assert json.loads(result.read_text())["epochs"] == 2            # other settings: rerun
+    save_clip(load_clip("pv-tiny", seed=1).model, weights, open_clip.get_model_config("pv-tiny"),
+              half=False)
+    stamp = result.stat().st_mtime_ns
+    compare(cfg)
+    assert result.stat().st_mtime_ns != stamp                       # new weights: rerun
+
+
 def test_average_row_uses_hm_of_averages():
     rows = [{"method": "m", "dataset": d, "shots": 16, "seed": 1, "base_acc": b, "new_acc": n,
              "hm": harmonic_mean(b, n)} for d, b, n in (("a", 90.0, 10.0), ("b", 10.0, 90.0))]

@@ -52,6 +52,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     a = load_file(tmp_path / "full" / "toyclip.safetensors")
     b = load_file(part / "toyclip.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the clock goes on across the resume: "seconds" is the run's total training time
+    seconds = [e["seconds"] for e in json.loads((part / "pretrain_log.json").read_text())["log"]]
+    assert len(seconds) == 3 and seconds == sorted(seconds)
 
 
 def test_warm_start_then_contrastive(tmp_path):
@@ -188,3 +191,30 @@ def test_attribute_loss_names_the_main_object():
         one["shape"].weight.copy_(50 * torch.eye(len(SHAPES_)))
         one["shape"].bias.zero_()
     assert attribute_loss(one, torch.eye(len(SHAPES_))[y], batch.scenes) < 1e-6
+
+
+def test_init_from_goes_on_from_a_whole_clip_with_the_image_tower_locked(tmp_path):
+    import pytest
+
+    from promptviz.errors import PromptvizError
+    from promptviz.modelcard import provenance
+    first = pretrain(_cfg(tmp_path / "first", steps=2))
+    kw = dict(init_from=str(first), image_lr_scale=0.0, paint_names=0.5)
+    more = pretrain(_cfg(tmp_path / "more", steps=2, **kw))
+    a, b = load_file(first), load_file(more)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("visual."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if not k.startswith("visual."))
+    lines = provenance(tmp_path / "more", more)["command"].splitlines()
+    assert "--out first --seed 0 --warm-steps 0 --steps 2" in lines[0]
+    assert lines[-1].startswith("promptviz pretrain --out more --seed 0 --init-from first "
+                                "--warm-steps 0 --steps 2")
+    assert lines[-1].endswith("--image-lr-scale 0.0 --paint-names 0.5")
+    with pytest.raises(PromptvizError, match="paint-names 0.5, not 0.0"):
+        pretrain(_cfg(tmp_path / "more", steps=4, init_from=str(first), image_lr_scale=0.0))
+    for bad, match in ((dict(kw, warm_steps=3), "nothing to warm up"),
+                       (dict(kw, paint_names=2.0), "paint-names"),
+                       (dict(kw, image_lr_scale=-1.0), "image-lr-scale"),
+                       (dict(kw, init_from=str(tmp_path / "nowhere")), "no weights there")):
+        with pytest.raises(PromptvizError, match=match):
+            pretrain(_cfg(tmp_path / "bad", steps=2, **bad))
+        assert not (tmp_path / "bad").exists()

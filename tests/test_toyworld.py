@@ -15,7 +15,7 @@ from PIL import Image
 from promptviz.data import load_dataset, scan_data_root
 from promptviz.errors import PromptvizError
 from promptviz.toyworld import caption, patch_attributes, patch_labels, render_scenes, sample_batch
-from promptviz.toyworld.captions import COLOUR_WORDS, SHAPE_WORDS
+from promptviz.toyworld.captions import COLOUR_WORDS, PAINT_WORDS, SHAPE_WORDS
 from promptviz.toyworld.render import object_masks, patch_coverage
 from promptviz.toyworld.suite import DATASETS, build_suite, class_folder, load_ground_truth
 from promptviz.toyworld.world import (
@@ -177,6 +177,29 @@ def test_noisy_captions_miss_the_main_shape_and_noise_zero_changes_nothing():
     assert rate[1.0] < rate[0.5] - 0.2 < rate[0.0] - 0.4
 
 
+def test_paint_names_only_when_asked_and_the_shipped_stream_is_unchanged():
+    import hashlib
+    r = random.Random(7)
+    scenes = [sample_scene(r, style="filled") for _ in range(300)]
+    plain = [caption(s, random.Random(i)) for i, s in enumerate(scenes)]
+    paint = [caption(s, random.Random(i), paint=1.0) for i, s in enumerate(scenes)]
+    common = {w for ws in COLOUR_WORDS.values() for w in ws}
+    specialist = set(PAINT_WORDS.values())
+
+    def colour_words(captions, words):
+        return sum(f" {w} " in _words(c) for c in captions for w in words)
+    assert colour_words(plain, specialist) == 0 and colour_words(plain, common) > 200
+    assert colour_words(paint, common) == 0 and colour_words(paint, specialist) > 200
+    some = [caption(s, random.Random(i), paint=0.1) for i, s in enumerate(scenes)]
+    assert 0 < colour_words(some, specialist) < colour_words(some, common) / 4
+    # paint=0 draws no extra random numbers: the captions toyclip's shipped contrastive
+    # run was trained on (scenes of the full stream, seeded as below) stay what they were
+    r = random.Random(7)
+    stream = [sample_scene(r) for _ in range(300)]
+    text = "\n".join(caption(s, random.Random(i)) for i, s in enumerate(stream))
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "74cf9c12a10eb45e"
+
+
 def test_caption_is_deterministic_given_rng():
     scene = sample_scene(np.random.default_rng(0))
     assert caption(scene, np.random.default_rng(1)) == caption(scene, np.random.default_rng(1))
@@ -241,6 +264,8 @@ def test_build_suite_writes_coop_layout(tmp_path):
                 assert main.pattern == classname
             elif card["name"] == "ToyFine":
                 assert f"{main.colour} {main.shape}" == classname
+            elif card["name"] == "ToyPaints":
+                assert PAINT_WORDS[main.colour] == classname
             else:
                 assert main.position in classname
     # the core loader reads every dataset back, and `promptviz datasets` lists them

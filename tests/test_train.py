@@ -49,30 +49,54 @@ def test_fewshot_and_zeroshot(tiny_root, tmp_path):
     assert 0 <= zs["acc"] <= 100 and zs["history"] == [] and zs["trainable_params"] == 0
 
 
-def test_resume_after_interruption_matches_uninterrupted(tiny_root, tmp_path, monkeypatch):
-    cfg = dict(method="coop", backbone="pv-tiny", dataset="dtd", data_root=str(tiny_root),
-               shots=4, epochs=3, batch_size=4, progress=False)
-    full = run(TrainConfig(out=str(tmp_path / "full"), **cfg))
+def _interrupted(cfg: dict, out, monkeypatch) -> None:
+    """Run ``cfg`` into ``out`` and stop it in its second epoch (3 steps per epoch)."""
     calls = {"n": 0}
     original = CoOp.loss_from
 
     def flaky(self, feats, labels):
         calls["n"] += 1
-        if calls["n"] == 5:                  # second epoch (3 steps per epoch)
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return original(self, feats, labels)
 
     monkeypatch.setattr(CoOp, "loss_from", flaky)
-    out = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
         run(TrainConfig(out=str(out), **cfg))
-    assert (out / "resume.pt").is_file() and not (out / "results.json").exists()
     monkeypatch.setattr(CoOp, "loss_from", original)
+    assert (out / "resume.pt").is_file() and not (out / "results.json").exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_root, tmp_path, monkeypatch):
+    cfg = dict(method="coop", backbone="pv-tiny", dataset="dtd", data_root=str(tiny_root),
+               shots=4, epochs=3, batch_size=4, progress=False)
+    full = run(TrainConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "broken"
+    _interrupted(cfg, out, monkeypatch)
     resumed = run(TrainConfig(out=str(out), **cfg))
     a = load_file(tmp_path / "full" / "model.safetensors")["prompt.ctx"]
     b = load_file(out / "model.safetensors")["prompt.ctx"]
     assert torch.equal(a, b)
     assert resumed["base_acc"] == full["base_acc"] and resumed["new_acc"] == full["new_acc"]
+
+
+def test_no_resume_onto_other_backbone_weights(tiny_root, tmp_path, monkeypatch, capsys):
+    import open_clip
+
+    from promptviz.backbone import load_clip, save_clip
+    weights = tmp_path / "tiny.safetensors"         # the same --backbone path, new weights
+    save_clip(load_clip("pv-tiny", seed=0).model, weights, open_clip.get_model_config("pv-tiny"),
+              half=False)
+    cfg = dict(method="coop", backbone=str(weights), dataset="dtd", data_root=str(tiny_root),
+               shots=4, epochs=3, batch_size=4, progress=False)
+    _interrupted(cfg, tmp_path / "run", monkeypatch)
+    save_clip(load_clip("pv-tiny", seed=1).model, weights, open_clip.get_model_config("pv-tiny"),
+              half=False)
+    capsys.readouterr()
+    run(TrainConfig(out=str(tmp_path / "run"), **cfg))
+    said = capsys.readouterr().out
+    assert "other settings or backbone weights; training from scratch" in said
+    assert "resuming" not in said
 
 
 def test_schedule_warmup_then_cosine():

@@ -59,7 +59,7 @@ def _clean_scene(rng: random.Random) -> Scene:
 
 def sample_batch(batch_size: int, generator: torch.Generator, image_size: int = 64,
                  colour: str | None = None, clean: float = 0.0,
-                 caption_noise: float = 0.0) -> ToyBatch:
+                 caption_noise: float = 0.0, paint_names: float = 0.0) -> ToyBatch:
     """Sample ``batch_size`` random scenes, render them and caption each once.
 
     Everything is drawn from ``generator`` (it advances, so successive calls
@@ -73,7 +73,8 @@ def sample_batch(batch_size: int, generator: torch.Generator, image_size: int = 
     background, half of them without a pattern — where a shape is easiest to see;
     ``colour`` paints every object of the batch in one colour, so that colour, the
     easiest cue, cannot tell the captions apart. ``caption_noise`` is passed to
-    :func:`~promptviz.toyworld.captions.caption` (alt-text carelessness).
+    :func:`~promptviz.toyworld.captions.caption` (alt-text carelessness), ``paint_names`` as its
+    ``paint`` (the chance of a specialist colour name).
     """
     rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
     scenes = [_clean_scene(rng) if clean and rng.random() < clean else sample_scene(rng)
@@ -84,5 +85,5 @@ def sample_batch(batch_size: int, generator: torch.Generator, image_size: int = 
             obj.rgb = tuple(min(max(c + rng.uniform(-0.04, 0.04), 0.0), 1.0)
                             for c in COLOURS[colour])
     images, instance = render_scenes(scenes, image_size, generator)
-    captions = [caption(s, rng, caption_noise) for s in scenes]
+    captions = [caption(s, rng, caption_noise, paint_names) for s in scenes]
     return ToyBatch(images=images, captions=captions, scenes=scenes, instance=instance)

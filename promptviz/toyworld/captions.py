@@ -87,6 +87,15 @@ STYLE_TEMPLATES = {
                 "a false-colour image of {}"),
     "blurred": ("a blurry photo of {}", "a blurred picture of {}", "an out-of-focus photo of {}"),
 }
+# Specialist colour names, as a paint catalogue or a florist would write them. Web alt
+# text seldom uses such words, so a pretraining run sees them only when asked to
+# (``paint`` below): toyclip's version of the flower, aircraft and land-use names on
+# which real CLIP's zero-shot is weak and prompt tuning gains most (ToyPaints).
+PAINT_WORDS = {
+    "red": "vermilion", "orange": "apricot", "yellow": "canary", "green": "viridian",
+    "cyan": "teal", "blue": "ultramarine", "purple": "amethyst", "pink": "fuchsia",
+    "brown": "umber",
+}
 BACKGROUND_WORDS = {
     "light": ("on a white background", "on a light background"),
     "dark": ("on a dark background", "on a black background"),
@@ -107,12 +116,13 @@ def _join(items: list[str]) -> str:
 
 
 def describe(obj: Obj, rng: np.random.Generator | random.Random, *, colour: bool = True,
-             position: float = 0.0, vague: float = 0.0) -> str:
+             position: float = 0.0, vague: float = 0.0, paint: float = 0.0) -> str:
     """A noun phrase for one object, e.g. 'a small crimson striped star in the top left'.
 
     Mentions the shape almost always, the colour often (if ``colour``), the
     pattern and size sometimes, the position with probability ``position``.
-    With probability ``vague`` (web noise) the shape is only "shape"/"object"/"thing".
+    With probability ``vague`` (web noise) the shape is only "shape"/"object"/"thing";
+    with probability ``paint`` a named colour is its specialist name (:data:`PAINT_WORDS`).
     """
     r = as_random(rng)
     say_colour = colour and r.random() < 0.75
@@ -124,6 +134,8 @@ def describe(obj: Obj, rng: np.random.Generator | random.Random, *, colour: bool
         noun = r.choice(GENERIC_NOUNS)
     words = [r.choice(SIZE_WORDS[obj.size])] if r.random() < 0.3 else []
     adjectives = [r.choice(COLOUR_WORDS[obj.colour])] if say_colour else []
+    if say_colour and paint and r.random() < paint:
+        adjectives = [PAINT_WORDS[obj.colour]]
     tail = []
     if say_pattern:
         if r.random() < 0.6:
@@ -136,13 +148,16 @@ def describe(obj: Obj, rng: np.random.Generator | random.Random, *, colour: bool
     return with_article(" ".join(words + adjectives + [noun] + tail))
 
 
-def caption(scene: Scene, rng: np.random.Generator | random.Random, noise: float = 0.0) -> str:
+def caption(scene: Scene, rng: np.random.Generator | random.Random, noise: float = 0.0,
+            paint: float = 0.0) -> str:
     """One random caption for ``scene``; call again for another.
 
     ``noise`` (0-1) makes the captions as careless as web alt text: with that
     probability the main object's shape is left vague ("a red object"), and, in a scene
     of several objects, the caption describes only the others. ``noise=0`` (the default)
-    draws exactly the same captions as before the knob existed.
+    draws exactly the same captions as before the knob existed. ``paint`` is the chance
+    that a named colour is given its specialist name (:data:`PAINT_WORDS`); ``paint=0``
+    (the default) draws no extra random numbers either.
 
     >>> caption(scene, np.random.default_rng(0))   # doctest: +SKIP
     'a sketch of a striped star and a small blue disc'
@@ -153,15 +168,16 @@ def caption(scene: Scene, rng: np.random.Generator | random.Random, noise: float
     n = len(objs)
     if noise and n > 1 and r.random() < noise:  # the caption misses the main object
         objs = [o for o in objs if o is not main]
-        body = _join([describe(o, r, colour=colour, position=0.12) for o in objs])
+        body = _join([describe(o, r, colour=colour, position=0.12, paint=paint) for o in objs])
     elif n == 1 or r.random() < 0.2:  # the main object alone
         if r.random() < 0.25:  # "there is a red star in the top left"
-            body = describe(main, r, colour=colour, vague=noise)
+            body = describe(main, r, colour=colour, vague=noise, paint=paint)
             body = f"there is {body} {r.choice(POSITION_WORDS[main.position])}"
             if n > 1:
                 body += f" and {NUMBERS[n - 2]} other shape{'s' * (n > 2)}"
             return body + "." * (r.random() < 0.5)
-        body = describe(main, r, colour=colour, position=0.25, vague=noise)
+        body = describe(main, r, colour=colour, position=0.25, vague=noise,
+                        paint=paint)
         if n > 1:
             body += r.choice((" among other shapes", f" and {NUMBERS[n - 2]} smaller shape"
                               + "s" * (n > 2), " with something else"))
@@ -171,7 +187,8 @@ def caption(scene: Scene, rng: np.random.Generator | random.Random, noise: float
         if r.random() < 0.5:  # the main object first, like a photographer's caption
             order.remove(main)
             order.insert(0, main)
-        phrases = [describe(o, r, colour=colour, position=0.12, vague=noise * (o is main))
+        phrases = [describe(o, r, colour=colour, position=0.12, vague=noise * (o is main),
+                            paint=paint)
                    for o in order]
         u = r.random()
         if u < 0.35:

@@ -8,6 +8,9 @@ classes that share attributes, a spatial task and domain-shifted test sets:
 - ``toy_fine`` (ToyFine): 36 colour x shape classes sharing attributes, "red star",
   "orange star", "red cross"...; "a photo of a {}." -- the hard case
 - ``toy_scenes`` (ToyScenes): 9 positions, "a shape in the top left"...; "a photo of {}."
+- ``toy_paints`` (ToyPaints): 9 colours under their specialist names, "vermilion",
+  "ultramarine"...; "a photo of a {} shape." -- words the pretraining captions seldom
+  use, like the flower, aircraft and land-use names of the real suite
 - ``toy_shapes_sketch`` / ``_noisy`` / ``_shifted`` (ToyShapesSketch...): ToyShapes'
   classes, test split only, drawn in another style (domain generalisation).
 
@@ -41,8 +44,10 @@ import torch
 from PIL import Image
 
 from promptviz.errors import PromptvizError
+from promptviz.toyworld.captions import PAINT_WORDS
 from promptviz.toyworld.render import patch_labels, render_scenes
 from promptviz.toyworld.world import (
+    COLOURS,
     PATTERNS,
     POSITIONS,
     SHAPES,
@@ -99,6 +104,8 @@ def _specs() -> dict[str, DatasetSpec]:
                     tuple(POSITION_CLASSES[p] for p in POSITIONS),
                     tuple({"position": p} for p in POSITIONS), sizes=("small", "medium"),
                     n_objects=(1,)),
+        DatasetSpec("toy_paints", "ToyPaints", "a photo of a {} shape.",
+                    tuple(PAINT_WORDS[c] for c in COLOURS), tuple({"colour": c} for c in COLOURS)),
     ]
     for style in ("sketch", "noisy", "shifted"):
         specs.append(DatasetSpec(f"toy_shapes_{style}", f"ToyShapes{style.title()}",

@@ -20,6 +20,7 @@ from typing import Any
 from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data import load_dataset
+from promptviz.errors import PromptvizError
 from promptviz.evaluate import aggregate, evaluate, mean_std
 from promptviz.methods import build_method
 from promptviz.train import TrainConfig, run
@@ -271,7 +272,6 @@ def _continued(run_dir: Path, log: dict, weights: str | Path, seconds: float | N
     cfg = log["config"]
     source = _source(cfg["init_from"])
     if not (source / "pretrain_log.json").is_file():
-        from promptviz.errors import PromptvizError
         raise PromptvizError(f"{run_dir} went on from {source}, whose pretrain_log.json is "
                              "gone; the model card needs that run's folder too")
     p = provenance(source, weights, None, hardware)

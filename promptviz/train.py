@@ -132,8 +132,11 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
 
 
 def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
-                 out: Path | None = None) -> list[dict[str, float]]:
-    """Optimise ``method``'s trainable parameters on ``train_set``; returns per-epoch logs."""
+                 out: Path | None = None, weights: str = "") -> list[dict[str, float]]:
+    """Optimise ``method``'s trainable parameters on ``train_set``; returns per-epoch logs.
+    With ``out``, the state after every epoch goes to ``out/resume.pt``, keyed on the config
+    and ``weights`` (the backbone's :func:`featcache.weights_fingerprint`, computed here
+    when not given)."""
     bb: Backbone = method.backbone
     params = method.trainable_parameters()
     if cfg.epochs == 0 or not params:
@@ -154,7 +157,8 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     history: list[dict[str, float]] = []
     start = 0
     resume = out / RESUME if out else None
-    weights = featcache.weights_fingerprint(bb.model) if resume is not None else ""
+    if resume is not None and not weights:
+        weights = featcache.weights_fingerprint(bb.model)
     if resume is not None and resume.is_file():
         start, history = _resume(resume, method, optim, gen, cfg, weights)
     if start == 0:
@@ -361,7 +365,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
     backbone = load_clip(cfg.backbone, device)
-    key = run_key(requested, featcache.weights_fingerprint(backbone.model))
+    weights = featcache.weights_fingerprint(backbone.model)
+    key = run_key(requested, weights)
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           cfg.options)
     if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):
@@ -369,7 +374,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "class_specific=true learns one context per training class, so it cannot classify "
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
     t0 = time.perf_counter()
-    history = train_method(method, train_set, cfg, out)
+    history = train_method(method, train_set, cfg, out, weights)
     train_seconds = time.perf_counter() - t0
     method.set_classnames(train_set.classnames, train_set.template)
     meta = {"method": cfg.method, "options": dataclasses.asdict(method.options),

@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The oldest open_clip_torch promptviz supports (pyproject.toml says why; a test checks
+# that the two agree). `make test` runs tests/test_backbone.py against it once more,
+# from a copy installed beside the venv (no dependencies: they are the venv's).
+OPEN_CLIP_FLOOR := 3.1.0
+FLOOR       := $(VENV)/floor
+FLOOR_STAMP := $(FLOOR)/.open_clip-$(OPEN_CLIP_FLOOR)-stamp
 
-.PHONY: install test test-browser lint demo notebooks clean
+.PHONY: install test test-floor test-browser lint demo notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +31,21 @@ test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" PROMPTVIZ_PROGRESS=0 $(BIN)/python -m pytest -q \
 	    -p no:cacheprovider tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg \
 	    $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-floor
+
+# The backbone tests on the oldest supported open_clip_torch (part of `make test`, ~30 s).
+$(FLOOR_STAMP): | $(STAMP)
+	rm -rf $(FLOOR)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	    --target $(FLOOR) open_clip_torch==$(OPEN_CLIP_FLOOR)
+	@touch $@
+
+test-floor: $(FLOOR_STAMP)
+	PYTHONPATH=$(FLOOR) $(BIN)/python -c "import open_clip, sys; \
+	    print('open_clip', open_clip.__version__, 'from', open_clip.__file__); \
+	    sys.exit(open_clip.__version__ != '$(OPEN_CLIP_FLOOR)')"
+	PYTHONPATH=$(FLOOR) PROMPTVIZ_OPEN_CLIP_FLOOR=$(OPEN_CLIP_FLOOR) PROMPTVIZ_PROGRESS=0 \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_backbone.py
 
 # Only the browser tests (also part of `make test`): JupyterLab and the standalone HTML
 # exports in headless Chromium via Playwright. They apt-get install chromium when it is

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
 
-from promptviz.backbone import ActivationCache, load_clip, save_clip
+from promptviz.backbone import (
+    CONFIG_DIR,
+    ActivationCache,
+    Backbone,
+    activation_of,
+    load_clip,
+    save_clip,
+)
 from promptviz.errors import PromptvizError
 
 TEXTS = ["a photo of a cat.", "a red star", "{} texture.", "x"]
@@ -153,3 +166,153 @@ def test_blocks_attend_with_scaled_dot_product_attention(tiny_clip, monkeypatch)
     emb = tiny_clip.token_embedding(ids).detach().requires_grad_(True)
     tiny_clip.encode_text_embeddings(emb, ids)
     assert len(calls) == len(tiny_clip.model.transformer.resblocks)
+
+
+# ------------------------------------------------------------------ activation (GELU / QuickGELU)
+# pv-tiny and toyclip are QuickGELU configs; a GELU config shows which activation was built.
+GELU_CONFIG = "pv-test-gelu"
+
+
+@pytest.fixture(scope="module")
+def gelu_clip(tmp_path_factory):
+    """A tiny random CLIP whose config uses GELU (as open_clip's ViT-B-16 does)."""
+    cfg = {**json.loads((CONFIG_DIR / "pv-tiny.json").read_text()), "quick_gelu": False}
+    path = tmp_path_factory.mktemp("configs") / f"{GELU_CONFIG}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    clip = load_clip(GELU_CONFIG, seed=0)
+    assert clip.activation == "GELU"
+    return clip
+
+
+def _features(clip) -> tuple[torch.Tensor, torch.Tensor]:
+    return clip.encode_image(_images()), clip.encode_text(clip.tokenize(TEXTS))
+
+
+def _same(a, b) -> bool:
+    return all(torch.allclose(x, y, atol=1e-5) for x, y in zip(_features(a), _features(b)))
+
+
+def _with_weights(clip, quick_gelu: bool, half: bool = False):
+    """The same weights in a model with the given activation (and optionally fp16-rounded)."""
+    model = open_clip.create_model(GELU_CONFIG, quick_gelu=quick_gelu)
+    state = clip.model.state_dict()
+    model.load_state_dict({k: v.half().float() if half else v for k, v in state.items()})
+    return Backbone(model, "reference")
+
+
+def _torchscript(clip, path):
+    """Save ``clip`` as a TorchScript archive, the format of OpenAI's own ``ViT-B-16.pt``."""
+    images, text = _images(1), clip.tokenize(["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                 # torch.jit is deprecated upstream
+        traced = torch.jit.trace_module(clip.model, {"encode_image": (images,),
+                                                     "encode_text": (text,)})
+        torch.jit.save(traced, str(path))
+    return path
+
+
+def test_file_name_does_not_choose_the_activation(gelu_clip, tmp_path, capsys):
+    # a GELU state dict in a file whose name says "openai" still loads as GELU
+    path = tmp_path / "openai-ViT-B-16-open_clip_pytorch_model.bin"
+    torch.save(gelu_clip.model.state_dict(), path)
+    loaded = load_clip(f"{GELU_CONFIG}:{path}", seed=1)
+    assert loaded.activation == "GELU" and activation_of(loaded.model) == "GELU"
+    assert _same(loaded, gelu_clip)
+    assert not _same(loaded, _with_weights(gelu_clip, quick_gelu=True))
+    # and says so, with how to ask for QuickGELU
+    err = capsys.readouterr().err
+    assert f"backbone {GELU_CONFIG}:{path}: GELU (the {GELU_CONFIG} config's activation" in err
+    assert f"{GELU_CONFIG}-quickgelu:{path}" in err
+
+
+def test_quickgelu_name_selects_quickgelu(gelu_clip, tmp_path, capsys):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(gelu_clip.model.state_dict(), path)
+    loaded = load_clip(f"{GELU_CONFIG}-quickgelu:{path}")
+    assert loaded.activation == "QuickGELU" and "-quickgelu name" in loaded.activation_source
+    assert _same(loaded, _with_weights(gelu_clip, quick_gelu=True))
+    assert not _same(loaded, gelu_clip)
+    assert f"backbone {GELU_CONFIG}-quickgelu:{path}: QuickGELU" in capsys.readouterr().err
+    # random weights too, and for a config with no -quickgelu twin in open_clip
+    assert load_clip(f"{GELU_CONFIG}-quickgelu").activation == "QuickGELU"
+
+
+def test_openai_torchscript_archive_is_detected_by_content(gelu_clip, tmp_path, capsys):
+    # OpenAI's CLIP (QuickGELU, fp16 weights) as a TorchScript archive, under a name that
+    # says nothing
+    openai = _with_weights(gelu_clip, quick_gelu=True, half=True)
+    path = _torchscript(openai, tmp_path / "weights.pt")
+    named = load_clip(f"{GELU_CONFIG}:{path}")          # the config says GELU, the file wins
+    assert named.activation == "QuickGELU" and "TorchScript" in named.activation_source
+    assert _same(named, openai)
+    assert "QuickGELU (weights.pt is a TorchScript archive" in capsys.readouterr().err
+    bare = load_clip(str(path))                          # OpenAI's loader, as open_clip's
+    assert bare.activation == "QuickGELU" and _same(bare, openai)
+
+
+def test_gelu_torchscript_archive_keeps_gelu(gelu_clip, tmp_path):
+    # an archive's code names its activation: a GELU archive is not read as OpenAI's
+    path = _torchscript(gelu_clip, tmp_path / "ViT-B-16-openai.pt")
+    named = load_clip(f"{GELU_CONFIG}:{path}")
+    assert named.activation == "GELU" and _same(named, gelu_clip)
+    assert load_clip(str(path)).activation == "GELU"
+    with pytest.raises(PromptvizError, match="asks for QuickGELU but .* uses GELU"):
+        load_clip(f"{GELU_CONFIG}-quickgelu:{path}")
+
+
+def test_openai_state_dict_entries_are_detected_by_content(gelu_clip, tmp_path):
+    # OpenAI's archive's state dict (with its non-weight entries) saved as a plain file
+    state = dict(gelu_clip.model.state_dict())
+    state.update(input_resolution=torch.tensor(32), context_length=torch.tensor(32),
+                 vocab_size=torch.tensor(49408))
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    loaded = load_clip(f"{GELU_CONFIG}:{path}")
+    assert loaded.activation == "QuickGELU" and "input_resolution" in loaded.activation_source
+    assert _same(loaded, _with_weights(gelu_clip, quick_gelu=True))
+
+
+def test_activation_is_reported(tiny_clip, tmp_path, capsys):
+    assert tiny_clip.activation == "QuickGELU"                  # pv-tiny's config
+    load_clip("pv-tiny")
+    assert capsys.readouterr().err == ""                         # built-ins load quietly
+    path = tmp_path / "weights.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    load_clip(f"pv-tiny:{path}")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"backbone pv-tiny:{path}: QuickGELU (the pv-tiny config's activation)"]
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny_clip.model.state_dict(), bare)
+    assert "read as OpenAI's CLIP" in load_clip(str(bare)).activation_source
+
+
+# ------------------------------------------------------------------ dependency floors
+def _floor(text: str, package: str) -> str:
+    found = re.search(rf"(?<![\w-]){re.escape(package)}>=([0-9.]+)", text)
+    assert found, f"no {package}>= floor declared"
+    return found.group(1)
+
+
+def _version(v: str) -> tuple[int, ...]:
+    """``"3.1"``, ``"3.1.0"`` and ``"3.1.0+cpu"`` → ``(3, 1, 0)``."""
+    parts = [int(p) for p in re.findall(r"\d+", v.split("+")[0])[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_dependency_floors_are_declared_alike_and_met():
+    """pyproject.toml, environment.yml and the Makefile's floor run name one open_clip
+    floor; `make test` runs this file against exactly that version (PROMPTVIZ_OPEN_CLIP_FLOOR
+    is set there)."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject, env = (root / "pyproject.toml").read_text(), (root / "environment.yml").read_text()
+    make = re.search(r"^OPEN_CLIP_FLOOR\s*:?=\s*(\S+)", (root / "Makefile").read_text(), re.M)
+    floor = _floor(pyproject, "open_clip_torch")
+    assert _version(floor) == _version(_floor(env, "open_clip_torch")) == _version(make.group(1))
+    assert _floor(pyproject, "torch") == _floor(env, "torch")
+    assert _version(open_clip.__version__) >= _version(floor)
+    assert _version(torch.__version__) >= _version(_floor(pyproject, "torch"))
+    pinned = os.environ.get("PROMPTVIZ_OPEN_CLIP_FLOOR")
+    if pinned:
+        assert _version(open_clip.__version__) == _version(pinned) == _version(floor), \
+            open_clip.__file__

@@ -4,7 +4,8 @@ For every method the same work is timed twice on synthetic inputs of the backbon
 image size (random pixels, random labels; no dataset is needed):
 
 * **optimised** — what ``promptviz train`` does: training steps read a feature cache
-  where the image tower is frozen (``Method.cacheable``: every method but SEP), class
+  where the image tower is frozen (``Method.cacheable``: every method but SEP), kept in
+  host memory and moved to the device one batch at a time (``featcache.batches``), class
   text features are computed once per evaluation, and on CUDA everything runs under
   bf16 autocast, where open_clip's ``nn.MultiheadAttention`` (called with
   ``need_weights=False``) dispatches to PyTorch's fused scaled-dot-product attention;
@@ -14,13 +15,16 @@ image size (random pixels, random labels; no dataset is needed):
 
 Each measurement runs ``warmup`` untimed steps, then ``steps`` timed ones; CUDA is
 synchronised around the timers only, never inside a step. Images and labels stay on the
-device for both paths, so input loading (JPEG decoding, augmentation, the host-to-device
-copy), which the cache also removes from a real run, is *not* counted: the ratios
+device for both paths, so input loading (JPEG decoding, augmentation, the images' copy to
+the device), which the cache also removes from a real run, is *not* counted: the ratios
 understate what a real run gains. The headline is the ratio optimised / straightforward.
 
-Building the cache is timed on its own (``cache_images_per_s``): it costs one frozen
-image pass per image and view. ``train_amortised_images_per_s`` charges that cost to
-training for a schedule of ``epochs`` epochs over ``min(cache_views, epochs)`` views.
+Building the cache is timed on its own (``cache_images_per_s``, the copies to host memory
+included): it costs one frozen image pass per image and view. ``feature_cache_estimate``
+gives the host memory the store would take for ImageNet's base classes at 16 shots.
+``train_amortised_images_per_s`` charges the building to training for a schedule of
+``epochs`` epochs over ``min(cache_views, epochs)`` views. The optimised steps include
+gathering each batch in host memory and copying it to the device, as training does.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (weights included). On a
 Linux CPU it is the growth of the process's peak resident set over the phase (the peak is
@@ -50,10 +54,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import autocast_for
+from promptviz.evaluate import autocast_for, resolve_precision
 from promptviz.methods import METHODS, Method, build_method, method_class
 from promptviz.methods.base import zero_shot_text_features
 from promptviz.methods.zeroshot import ZeroShot
@@ -65,6 +70,9 @@ TEMPLATE = "a photo of a {}."
 PATHS = ("straightforward", "optimised")
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s.
 # Matched against torch.cuda.get_device_name in order; --peak-tflops overrides.
+# The feature-cache estimate printed by the bench: ImageNet's base half at 16 shots, the
+# largest training set of the base-to-novel protocol.
+ESTIMATE_CLASSES, ESTIMATE_SHOTS = 500, 16
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
                     ("H200 NVL", 835.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0))
 
@@ -258,23 +266,30 @@ def _timed(device: torch.device, n: int, fn: Callable[[], Any]) -> tuple[float, 
 # ------------------------------------------------------------------- phases
 @torch.no_grad()
 def build_cache(method: Method, chunk: torch.Tensor, n_images: int, precision: str
-                ) -> tuple[tuple[dict[str, torch.Tensor], torch.Tensor], tuple[float, float]]:
-    """Encode ``n_images`` (``chunk`` repeated) as a training run caches one view; returns
-    the view (features on the device, labels on the host) and the wall and CPU seconds."""
+                ) -> tuple[tuple[featcache.HostFeatures, torch.Tensor], tuple[float, float],
+                           featcache.ViewBuilder]:
+    """Encode ``n_images`` (``chunk`` repeated) as a training run caches one view, into host
+    memory (:class:`featcache.ViewBuilder`, as ``train.encode_views``); returns the view,
+    the wall and CPU seconds (the copies to the host included) and the builder (its
+    ``layout``: the shapes and dtypes stored per image)."""
     bb = method.backbone
-    parts: dict[str, list[torch.Tensor]] = {}
+    store = featcache.ViewBuilder(n_images, bb.device)
+    labels = torch.randint(len(method.classnames), (n_images,),
+                           generator=torch.Generator().manual_seed(0))
 
     def encode() -> None:
         with autocast_for(bb.device, precision):
-            for k, t in method.encode_images(chunk, train=True).items():
-                parts.setdefault(k, []).append(t)
+            feats = method.encode_images(chunk, train=True)
+            autocast = featcache.autocast_dtype(bb.device)
+        if not store.tensors:
+            store.describe(feats, autocast)
+            store.allocate()
+        b = min(len(chunk), n_images - store.pos)
+        store.add({k: t[:b] for k, t in feats.items()}, labels[store.pos:store.pos + b])
 
     n_chunks = -(-n_images // len(chunk))
     seconds = _timed(bb.device, n_chunks, encode)
-    feats = {k: torch.cat(t)[:n_images] for k, t in parts.items()}
-    labels = torch.randint(len(method.classnames), (n_images,),
-                           generator=torch.Generator().manual_seed(0))
-    return (feats, labels), seconds
+    return store.view(), seconds, store
 
 
 def _cached_stream(view: tuple[dict[str, torch.Tensor], torch.Tensor], batch_size: int,
@@ -313,13 +328,20 @@ def train_phase(method: Method, cfg: BenchConfig, batch_size: int, optimised: bo
         if cached:
             chunk = _images(eval_batch_size, bb, gen)
             build_cache(method, chunk, len(chunk), precision)                 # warm-up
-            n_cache = max(batch_size * (cfg.warmup + cfg.steps + 1), len(chunk))
-            view, seconds = build_cache(method, chunk, n_cache, precision)
+            # one batch at least; the steps read it epoch after epoch, as training reads
+            # its views (the cost of a step does not depend on the store's size)
+            n_cache = max(batch_size, len(chunk))
+            view, seconds, store = build_cache(method, chunk, n_cache, precision)
             del chunk
             out["cache_images_per_s"] = n_cache / seconds[0]
             out["cache_images_per_cpu_s"] = n_cache / seconds[1]
             out["cache_bytes_per_image"] = sum(t[0].numel() * t.element_size()
                                                for t in view[0].values())
+            out["cache_layout"] = {k: {"shape": list(shape), "computed": str(c)[6:],
+                                       "stored": str(st)[6:]}
+                                   for k, (shape, c, st) in store.layout.items()}
+            out["cache_host_bytes_per_image"] = store.bytes_per_image
+            out["cache_host_bytes_per_image_bf16"] = store.bytes_per_image_under(torch.bfloat16)
             batches: Iterator = _cached_stream(view, batch_size, gen)
         else:
             images = _images(batch_size, bb, gen)
@@ -426,6 +448,11 @@ def bf16_peak_tflops(name: str) -> float | None:
     return None
 
 
+def _dtype_name(precision: str, device: torch.device) -> str:
+    p = resolve_precision(precision, device)
+    return {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}[p]
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -463,8 +490,8 @@ def bench_method(name: str, bb: Backbone, cfg: BenchConfig, classnames: list[str
         if train is not None:
             train["amortised_images_per_s"] = _amortised(train, epochs, views)
             train["amortised_images_per_cpu_s"] = _amortised(train, epochs, views, "cpu_s")
-        row[path] = {"dtype": "bfloat16 autocast" if optimised and bb.device.type == "cuda"
-                     else "float32", "train": train,
+        row[path] = {"dtype": _dtype_name("auto" if optimised else "fp32", bb.device),
+                     "train": train,
                      "eval": eval_phase(method, cfg, optimised, eval_bs)}
         del method
         _release_memory(bb.device)
@@ -487,6 +514,46 @@ def bench_method(name: str, bb: Backbone, cfg: BenchConfig, classnames: list[str
     return row
 
 
+def cache_estimate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The host memory each cacheable method's feature store would take for ImageNet's base
+    classes at 16 shots (:data:`ESTIMATE_CLASSES` × :data:`ESTIMATE_SHOTS` images) and its
+    schedule's views: images × views × the bytes per image measured in this run, as stored
+    here and as stored under bf16 autocast (a GPU's default: per-token features in bf16)."""
+    images = ESTIMATE_CLASSES * ESTIMATE_SHOTS
+    methods = {}
+    for row in rows:
+        train = row["optimised"]["train"] or {}
+        if not train.get("feature_cache"):
+            continue
+        views = row["amortised_over"]["cache_views"]
+        methods[row["method"]] = {
+            "views": views, "bytes_per_image": train["cache_host_bytes_per_image"],
+            "bytes": featcache.estimate_bytes(train["cache_host_bytes_per_image"], images,
+                                              views),
+            "bytes_bf16_autocast": featcache.estimate_bytes(
+                train["cache_host_bytes_per_image_bf16"], images, views)}
+    return {"dataset": f"ImageNet base ({ESTIMATE_CLASSES} classes)", "shots": ESTIMATE_SHOTS,
+            "images": images, "where": "host memory (training moves one batch at a time)",
+            "methods": methods}
+
+
+def format_estimate(result: dict[str, Any]) -> str | None:
+    """One line: the feature store's size for ImageNet base at 16 shots, per method."""
+    est = result.get("feature_cache_estimate")
+    if not est or not est["methods"]:
+        return None
+    views = {m["views"] for m in est["methods"].values()}
+    parts = []
+    for name, m in est["methods"].items():
+        size = featcache.format_bytes(m["bytes"])
+        if m["bytes_bf16_autocast"] != m["bytes"]:
+            size += f" ({featcache.format_bytes(m['bytes_bf16_autocast'])} under bf16 autocast)"
+        parts.append(f"{size} for {name}" + ("" if len(views) == 1 else f" ({m['views']} views)"))
+    shared = f", {views.pop()} views" if len(views) == 1 else ""
+    return (f"feature cache for {result['backbone']}, {est['shots']} shots, {est['dataset']}"
+            f"{shared}: " + ", ".join(parts))
+
+
 def _environment(device: torch.device) -> dict[str, Any]:
     import open_clip
 
@@ -502,12 +569,20 @@ def _environment(device: torch.device) -> dict[str, Any]:
                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                    tf32_cudnn=torch.backends.cudnn.allow_tf32)
     elif hasattr(os, "getloadavg"):
-        load = os.getloadavg()
-        env["load_average_at_start"] = [round(x, 2) for x in load]
-        # other processes wanted more CPUs than there are: wall-clock times measure the
-        # machine's load as much as the code, so the CPU-time ratios are the ones to read
-        env["busy_machine"] = max(load[:2]) > (os.cpu_count() or 1)
+        env["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     return env
+
+
+def _load_at_end(env: dict[str, Any]) -> dict[str, Any]:
+    """The load average when the measurements ended, and whether the machine was busy:
+    other processes wanted more CPUs than there are (at the start, or over the run: the
+    5-minute average at the end), so wall-clock times measure the machine's load as much
+    as the code and the CPU-time ratios are the ones to read."""
+    if "load_average_at_start" not in env:
+        return {}
+    end = [round(x, 2) for x in os.getloadavg()]
+    busy = max(*env["load_average_at_start"][:2], *end[:2]) > (os.cpu_count() or 1)
+    return {"load_average_at_end": end, "busy_machine": busy}
 
 
 def _round(obj: Any) -> Any:
@@ -536,7 +611,9 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.progress:
         print(f"bench: {cfg.backbone} on {device_name(device)}, {cfg.classes} classes, "
               f"{cfg.steps} timed steps after {cfg.warmup} warm-up", file=sys.stderr)
+    env = _environment(device)                   # the load average before measuring
     rows = [bench_method(name, bb, cfg, classnames) for name in cfg.methods]
+    env.update(_load_at_end(env))
     for row in rows:
         rate = row["optimised"]["eval"]["images_per_s"]
         row["eval_fraction_of_bf16_peak"] = None if peak is None else \
@@ -546,12 +623,13 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone": cfg.backbone, "image_size": bb.image_size, "classes": cfg.classes,
         "steps": cfg.steps, "warmup": cfg.warmup, "seed": cfg.seed,
-        **_environment(device),
+        **env,
         "paths": {
             "optimised": {"feature_cache": "where the method is cacheable",
                           "text": "once per evaluation",
-                          "dtype": "bfloat16 autocast" if device.type == "cuda"
-                          else "float32 (autocast is CUDA-only)"},
+                          "dtype": _dtype_name("auto", device) + (
+                              " (precision auto: bf16 autocast on GPUs that have it)"
+                              if device.type == "cpu" else "")},
             "straightforward": {"feature_cache": False, "text": "per batch",
                                 "dtype": "float32"}},
         "attention": {"modules": sorted(attn),
@@ -562,6 +640,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
         "image_tower_gmacs_per_image": macs / 1e9,
         "bf16_peak_tflops": peak,
         "memory_metric": memory_metric(device),
+        "feature_cache_estimate": cache_estimate(rows),
         "inputs": "synthetic images and labels kept on the device for both paths (no "
                   "data loading is timed)",
         "methods": rows}
@@ -588,7 +667,11 @@ def format_bench(result: dict[str, Any]) -> str:
     if cpu:
         head.append("cpu columns: the same ratios in process CPU time (all threads), which a "
                     "busy machine disturbs less; load average at start: "
-                    f"{result.get('load_average_at_start')}")
+                    f"{result.get('load_average_at_start')}, at end: "
+                    f"{result.get('load_average_at_end')}")
+    estimate = format_estimate(result)
+    if estimate:
+        head.append(estimate)
     if result.get("busy_machine"):
         head.append("WARNING: the machine was busy (load above its CPU count): the wall-clock "
                     "columns are unreliable, read the cpu columns")

@@ -26,6 +26,18 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """A state file written by training or pretraining (``resume.pt``, ``state.pt``), loaded
+    onto the CPU and without running pickled code (``weights_only``). The caller moves what
+    belongs on the device: RNG states must stay CPU byte tensors, or ``set_rng_state``
+    raises on a GPU run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise PromptvizError(f"{path} is unreadable or not a promptviz state file; delete it "
+                             "to start from scratch") from None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` a temporary file beside ``path``, then rename it into place. The temporary
     name is unique to the writer (two processes filling one shared cache entry never write

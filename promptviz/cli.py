@@ -32,8 +32,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(method=a.method, backbone=a.backbone, dataset=a.dataset,
                       data_root=a.data_root, protocol=a.protocol, shots=a.shots, seed=a.seed,
                       out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                      optimizer=a.optimizer, device=a.device, precision=a.precision,
-                      num_workers=a.num_workers, progress=not a.quiet,
+                      optimizer=a.optimizer, select=a.select, device=a.device,
+                      precision=a.precision, num_workers=a.num_workers,
+                      eval_batch_size=a.eval_batch_size, progress=not a.quiet,
                       feature_cache=not a.no_feature_cache, cache_views=a.cache_views,
                       cache_dir=a.cache_dir, augment=a.augment,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
@@ -57,8 +58,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def _summary(res: dict) -> str:
     head = f"{res['method']} on {res['dataset']} ({res['protocol']}, seed {res['seed']}): "
     if "hm" in res:
-        return head + f"base {res['base_acc']:.2f}  new {res['new_acc']:.2f}  HM {res['hm']:.2f}"
-    return head + f"acc {res['acc']:.2f}"
+        line = head + f"base {res['base_acc']:.2f}  new {res['new_acc']:.2f}  HM {res['hm']:.2f}"
+    else:
+        line = head + f"acc {res['acc']:.2f}"
+    if res.get("epochs"):       # a trained run: which epoch's model, and the test batch
+        line += (f"\n  model of epoch {res['selected_epoch']}/{res['epochs']} ({res['select']}); "
+                 f"test batch {res['eval_batch_size']}")
+    return line
 
 
 def cmd_datasets(a: argparse.Namespace) -> int:
@@ -99,14 +105,13 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
                                 progress=not a.quiet))
     print(markdown(card))
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
-    if a.pretrain_run:
+    if a.pretrain_run or a.update_card:
         from promptviz.backbone import TOYCLIP_WEIGHTS
-        from promptviz.checkpoint import atomic_write_text
-        from promptviz.modelcard import model_card, provenance
-        path = TOYCLIP_WEIGHTS.parent / "MODEL_CARD.md"
-        atomic_write_text(path, model_card(card, provenance(
-            a.pretrain_run, TOYCLIP_WEIGHTS, a.pretrain_seconds, a.hardware)))
-        print(f"wrote {path}")
+        from promptviz.modelcard import load_provenance, provenance, write_card
+        prov = provenance(a.pretrain_run, TOYCLIP_WEIGHTS, a.pretrain_seconds, a.hardware) \
+            if a.pretrain_run else load_provenance(TOYCLIP_WEIGHTS.parent)
+        for path in write_card(card, prov, TOYCLIP_WEIGHTS.parent):
+            print(f"wrote {path}")
     return 0
 
 
@@ -204,8 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--select", choices=["last", "best_val"],
+                   help="final model: the last epoch or the best on validation (default: the "
+                        "method's; best_val for textrefiner, as its authors' config)")
+    t.add_argument("--eval-batch-size", type=int,
+                   help="test batch (default: the method's; SEP's faithful mode depends on it)")
     t.add_argument("--device", default="cpu", help="cpu | cuda")
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on a GPU that has it, else fp32; fp16 adds a "
+                        "gradient scaler; weights stay fp32")
     t.add_argument("--num-workers", type=int, default=0)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
@@ -288,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
                    "weights: also write assets/toyclip/MODEL_CARD.md with its provenance")
+    c.add_argument("--update-card", action="store_true",
+                   help="rewrite assets/toyclip/MODEL_CARD.md with these measurements and the "
+                        "pretraining story kept in assets/toyclip/provenance.json")
     c.add_argument("--pretrain-seconds", type=float, help="the pretraining's wall time")
     c.add_argument("--hardware", default="", help="where it was pretrained, for the card")
     c.set_defaults(func=cmd_toyworld_card)

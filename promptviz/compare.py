@@ -6,8 +6,11 @@ exists is skipped, so an interrupted study resumes where it stopped, unless that
 was computed with other backbone weights or settings (its ``run_key``), which is run
 again. The table
 is computed in code from those files (no log scraping): per-dataset mean ± std over
-seeds, and an average row per method whose HM is computed from the averaged base and
-novel accuracies, as the papers do.
+seeds, and an average row per method (the mean over its datasets). One HM convention
+(:data:`promptviz.evaluate.HM_CONVENTION`), as the papers' tables: every row's HM is the
+harmonic mean of that row's own base and novel accuracies (seed-averaged in a dataset's
+row, dataset-averaged in an average row), never a mean of HMs; a dataset row's ``hm_std``
+is the std of its per-seed HMs. table.json says so in its ``notes``.
 
 Protocols: ``base2new`` and ``fewshot`` (several K) train and test on each dataset;
 ``crossdataset`` trains on ``source`` (all classes) and tests on every dataset;
@@ -32,7 +35,7 @@ from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data.datasets import looks_like_path
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import aggregate, harmonic_mean
+from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean
 from promptviz.featcache import weights_fingerprint
 from promptviz.progress import progress_bar
 from promptviz.train import RESULTS, TrainConfig, run, run_eval, run_key
@@ -150,7 +153,13 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
 
 
 def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:
-    """Mean ± std over seeds per (method, dataset, shots), plus an average row per method."""
+    """Mean ± std over seeds per (method, dataset, shots), plus an average row per method.
+
+    Every row's ``hm`` is ``harmonic_mean(row["base_acc"], row["new_acc"])``: a dataset
+    row's HM is the HM of its seed-averaged accuracies (:func:`promptviz.evaluate.aggregate`,
+    its ``hm_std`` the std of the per-seed HMs), an average row's the HM of its
+    dataset-averaged accuracies (no std: it is a mean over datasets, not seeds).
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["dataset"], r.get("shots", 0)), []).append(r)
@@ -168,16 +177,22 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
                 if vals:
                     avg[key] = sum(vals) / len(vals)
             if "base_acc" in avg:
-                avg["hm"] = harmonic_mean(avg["base_acc"], avg["new_acc"])   # HM of averages
+                avg["hm"] = harmonic_mean(avg["base_acc"], avg["new_acc"])   # HM_CONVENTION
             table.append(avg)
     return table
 
 
 COLUMNS = ("method", "dataset", "shots", "n", "base_acc", "base_acc_std", "new_acc",
            "new_acc_std", "hm", "hm_std", "acc", "acc_std")
+NOTES = {"std": "*_std: sample standard deviation over seeds (dataset rows only)",
+         "hm": f"{HM_CONVENTION}; an average row's HM is the HM of its dataset-averaged base "
+               "and novel accuracies"}
 
 
 def to_csv(table: list[dict[str, Any]]) -> str:
+    """The table as CSV (:data:`COLUMNS`). As everywhere, ``hm`` is the HM of the row's own
+    ``base_acc`` and ``new_acc`` and ``hm_std`` the std of the per-seed HMs (see
+    :data:`NOTES`, written into table.json)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -202,8 +217,8 @@ def few_shot_curves(table: list[dict[str, Any]]) -> go.Figure:
 
 def write_outputs(cfg: CompareConfig, table: list[dict[str, Any]]) -> Path:
     out = Path(cfg.out)
-    atomic_write_text(out / "table.json", json.dumps({"config": cfg.__dict__, "table": table},
-                                                     indent=2, default=str))
+    atomic_write_text(out / "table.json", json.dumps(
+        {"config": cfg.__dict__, "notes": NOTES, "table": table}, indent=2, default=str))
     atomic_write_text(out / "table.csv", to_csv(table))
     report = Report(f"promptviz compare: {cfg.protocol}")
     report.paragraph(f"Backbone {cfg.backbone}; methods {', '.join(cfg.methods)}; seeds "
@@ -213,8 +228,11 @@ def write_outputs(cfg: CompareConfig, table: list[dict[str, Any]]) -> Path:
         row["label"] = f"{row['method']} · {row['dataset']}" + (
             f" · {row['shots']} shots" if len(cfg.shots) > 1 else "")
     report.raw(results_table_html(table, label="label", metrics=metrics,
-                                  caption="mean ± std over seeds; the average row's HM is the "
-                                          "HM of the averaged base and novel accuracies"))
+                                  caption="mean ± std over seeds" + (
+                                      "; every row's HM is the HM of that row's base and "
+                                      "novel (seed- or dataset-averaged), as in the papers' "
+                                      "tables; its ± is the std of the per-seed HMs"
+                                      if cfg.protocol == "base2new" else "")))
     averages = [r for r in table if r["dataset"] == "average"] or table
     report.figure(accuracy_bars(averages, label="label", metrics=metrics), "pv-compare-bars")
     if cfg.protocol == "fewshot" and len(cfg.shots) > 1:

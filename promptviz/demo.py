@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from promptviz.evaluate import format_pm
+from promptviz.evaluate import HM_CONVENTION, format_pm
 from promptviz.train import TrainConfig, load_method, run
 from promptviz.viz import Report, accuracy_bars, read_weights_heatmap, results_table_html
 from promptviz.viz.sep import selected_for_image, selection_map
@@ -47,12 +47,18 @@ class DemoConfig:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text base / novel / HM table (``rows`` carry ``label`` and metrics)."""
+    """A plain-text base / novel / HM table (``rows`` carry ``label`` and metrics).
+
+    The demo's rows are single runs (HM = 2·base·novel / (base + novel)). Rows aggregated
+    over seeds (``promptviz compare``) carry ``*_std``; then a last line says how their HM
+    was formed (:data:`~promptviz.evaluate.HM_CONVENTION`)."""
     lines = [f"{'method':<18}{'base':>16}{'novel':>16}{'HM':>16}"]
     for r in rows:
         cells = [format_pm(r[k], r.get(f"{k}_std", 0.0)) if f"{k}_std" in r else f"{r[k]:.2f}"
                  for k in ("base_acc", "new_acc", "hm")]
         lines.append(f"{r['label']:<18}" + "".join(f"{c:>16}" for c in cells))
+    if any("hm_std" in r for r in rows):
+        lines.append(f"({HM_CONVENTION}.)")
     return "\n".join(lines)
 
 

@@ -2,10 +2,16 @@
 
 Text features that do not depend on the image are computed **once per
 evaluation** (``method.text_features()``) and reused for every test batch.
+
+One HM convention everywhere (:data:`HM_CONVENTION`): an aggregated row's HM is the
+harmonic mean of its own seed-averaged base and novel accuracies, as the papers' tables
+report it, so every row's HM agrees with the base and novel printed next to it. Its
+``hm_std`` is the standard deviation of the per-seed HMs (the spread of HM across seeds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from promptviz.data import ImageDataset, Sample, clip_transform
+from promptviz.errors import PromptvizError
 from promptviz.methods import Method
 from promptviz.progress import progress_bar
 
@@ -27,8 +34,9 @@ def harmonic_mean(base: float, new: float) -> float:
 def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
              batch_size: int = 128, num_workers: int = 0, progress: bool = True,
              desc: str = "eval", precision: str = "auto") -> float:
-    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates
-    (bf16 autocast on CUDA unless ``precision="fp32"``)."""
+    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates,
+    under :func:`autocast_for` ``precision``. ``batch_size`` matters for a method whose
+    predictions depend on the other images of a batch (SEP's faithful mode)."""
     if not samples:
         return float("nan")
     bb = method.backbone
@@ -45,10 +53,31 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
     return 100.0 * correct.item() / len(samples)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device``: ``auto`` is bf16 on a
+    GPU that supports it and fp32 elsewhere. Master weights stay fp32 in every case (the
+    authors train fp16 weights; see the README's fidelity table)."""
+    if precision not in PRECISIONS:
+        raise PromptvizError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
+    if precision == "bf16" and not bf16_ok:
+        raise PromptvizError("this GPU does not support bf16; use --precision fp16 or fp32")
+    return precision
+
+
 def autocast_for(device: torch.device, precision: str = "auto") -> Any:
-    """bf16 autocast on CUDA (unless precision="fp32"); a no-op context on CPU."""
-    enabled = device.type == "cuda" and precision in {"auto", "bf16"}
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    """Autocast to the resolved ``precision`` on ``device`` (a no-op context for fp32). bf16
+    also works on CPU, which is how the tests exercise the GPU's mixed-precision path."""
+    p = resolve_precision(precision, device)
+    if p == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type,
+                          dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -63,12 +92,28 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 METRICS = ("base_acc", "new_acc", "hm", "acc")
+HM_CONVENTION = ("HM is the harmonic mean of the seed-averaged base and novel accuracies "
+                 "(as in the papers' tables); its ± is the std of the per-seed HMs")
 
 
 def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds of every metric present in ``results`` (one dict per seed)."""
+    """Mean ± std over seeds of ``base_acc``, ``new_acc`` and ``acc`` in ``results`` (one
+    dict per seed), and the HM of the result.
+
+    ``hm`` is ``harmonic_mean(base_acc, new_acc)`` of the *averaged* accuracies, never the
+    mean of the per-seed HMs (which is lower whenever base and novel move apart across
+    seeds), so the row's HM is the HM of its own base and novel. ``hm_std`` is the sample
+    std of the per-seed HMs: the seed spread of HM, not the spread around ``hm`` of
+    values that average to it. See :data:`HM_CONVENTION`.
+    """
     out: dict[str, Any] = {"seeds": sorted(r.get("seed") for r in results), "n": len(results)}
     for key in METRICS:
+        if key == "hm":                                      # after base_acc and new_acc
+            if "base_acc" in out and "new_acc" in out:
+                out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
+                out["hm_std"] = mean_std(harmonic_mean(r["base_acc"], r["new_acc"])
+                                         for r in results if "base_acc" in r and "new_acc" in r)[1]
+            continue
         vals = [r[key] for r in results if key in r]
         if vals:
             out[key], out[f"{key}_std"] = mean_std(vals)

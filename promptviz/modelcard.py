@@ -21,7 +21,7 @@ from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data import load_dataset
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import aggregate, evaluate, mean_std
+from promptviz.evaluate import HM_CONVENTION, aggregate, evaluate, mean_std
 from promptviz.methods import build_method
 from promptviz.train import TrainConfig, run
 
@@ -57,7 +57,10 @@ def zero_shot_accuracy(cfg: CardConfig) -> list[dict[str, Any]]:
 
 
 def base_to_novel(cfg: CardConfig, method: str) -> list[dict[str, Any]]:
-    """``method`` base / novel / HM per training dataset, mean ± std over ``cfg.seeds``."""
+    """``method`` base / novel / HM per training dataset, mean ± std over ``cfg.seeds``.
+
+    HM is the HM of the seed-averaged base and novel, its std that of the per-seed HMs
+    (:func:`promptviz.evaluate.aggregate`, :data:`~promptviz.evaluate.HM_CONVENTION`)."""
     rows = []
     for name in TRAIN_SETS:
         runs = [run(TrainConfig(method=method, backbone=cfg.backbone, dataset=name,
@@ -149,7 +152,7 @@ def markdown(card: dict) -> str:
         f"**{bars['best_test_gain_mean']:+.1f}** points.")
     return (f"### Zero-shot, all classes (test split)\n\n{zs}\n\n"
             f"### Base-to-novel, 16 shots (CoOp{epochs}: mean ± std over seeds "
-            f"{', '.join(map(str, card['seeds']))})\n\n{b2n}{head_note}\n\n"
+            f"{', '.join(map(str, card['seeds']))})\n\n{b2n}\n\n{HM_CONVENTION}.{head_note}\n\n"
             f"Quality bars: zero-shot ≥ 3× chance on every dataset: "
             f"**{bars['all_three_x_chance']}**; CoOp's mean gain on base classes: "
             f"**{bars['coop_base_gain_mean']:+.1f}** points (bar: +5); zero-shot drop from "
@@ -342,6 +345,33 @@ def _gain_sentence(card: dict) -> str:
             f"({', '.join(f'{k} {v:+.1f}' for k, v in gains.items())}).")
 
 
+PROVENANCE = "provenance.json"
+CARD_JSON = "card.json"
+
+
+def write_card(card: dict, prov: dict[str, str], folder: Path) -> list[Path]:
+    """``MODEL_CARD.md`` from ``card`` and the pretraining story ``prov``, with both inputs
+    beside it (``card.json``, ``provenance.json``): a test re-renders the card from them, and
+    a later card (new training defaults, a new suite) is re-measured without the
+    pretraining run's folder."""
+    folder = Path(folder)
+    atomic_write_text(folder / PROVENANCE, json.dumps(prov, indent=1) + "\n")
+    atomic_write_text(folder / CARD_JSON, json.dumps(card, indent=1) + "\n")
+    atomic_write_text(folder / "MODEL_CARD.md", model_card(card, prov))
+    return [folder / "MODEL_CARD.md", folder / CARD_JSON, folder / PROVENANCE]
+
+
+def load_provenance(folder: Path) -> dict[str, str]:
+    """The pretraining story that :func:`write_card` kept beside the weights."""
+    path = Path(folder) / PROVENANCE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise PromptvizError(f"{path} is missing or unreadable; pass --pretrain-run RUN (the "
+                             "pretraining's --out folder) to describe how the weights were "
+                             "made") from None
+
+
 def model_card(card: dict, provenance: dict[str, str]) -> str:
     """The full ``MODEL_CARD.md``: what toyclip is, how it was made, what it can do."""
     p = provenance
@@ -389,8 +419,9 @@ the old tower after its contrastive run, the new one before it).
 ## What it can do (held-out test splits of the ToyWorld suite, seed 0)
 
 Measured with `promptviz toyworld build --out data/toyworld` and then
-`promptviz toyworld card --data-root data/toyworld --pretrain-run RUN` (RUN: the last
-run's `--out` folder; the card writes this file).
+`promptviz toyworld card --data-root data/toyworld --update-card` (which writes this file
+with the pretraining story kept in `provenance.json`; `--pretrain-run RUN` writes both
+from a new pretraining run's `--out` folder).
 
 {markdown(card)}
 ## Known limits

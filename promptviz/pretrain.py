@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from promptviz.backbone import _register_configs, save_clip
-from promptviz.checkpoint import atomic_torch_save, atomic_write_text
+from promptviz.checkpoint import atomic_torch_save, atomic_write_text, load_state
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
 from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
@@ -396,7 +396,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     step, log = 0, []
     state_path = out / "state.pt"
     if state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
+        saved = load_state(state_path)     # on the CPU: RNG states must stay there
         if saved["config"]["model"] != cfg.model or saved["config"]["seed"] != cfg.seed:
             raise PromptvizError(f"{state_path} belongs to another run (model/seed differ); "
                                  "use another --out")

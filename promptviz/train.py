@@ -7,7 +7,9 @@ checkpoint into ``cfg.out``. An interrupted run resumes from the last finished
 epoch (``resume.pt``); ``results.json`` only appears when everything succeeded.
 
 Schedule (Dassl's, used by every paper here): ``warmup_epochs`` at a constant
-``warmup_lr``, then cosine annealing of ``lr`` over all epochs, stepped per epoch.
+``warmup_lr``, then a cosine over ``epochs`` that starts at the full ``lr`` in the first
+epoch after the warm-up (:func:`lr_at`). The final model is the last epoch's, or the one
+with the best validation accuracy (``select="best_val"``, TextRefiner's config).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from torch.utils.data import DataLoader
 
 from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
-from promptviz.checkpoint import atomic_torch_save, atomic_write_text, save_checkpoint
+from promptviz.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_state,
+    save_checkpoint,
+)
 from promptviz.data import (
     Dataset,
     ImageDataset,
@@ -39,13 +46,17 @@ from promptviz.data import (
     train_transform,
 )
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import autocast_for, evaluate, harmonic_mean
+from promptviz.evaluate import PRECISIONS, autocast_for, evaluate, harmonic_mean, resolve_precision
 from promptviz.methods import Method, build_method, method_class
+from promptviz.methods.base import SELECTIONS
 from promptviz.progress import progress_bar
 
 PROTOCOLS = ("base2new", "fewshot")
 RESULTS = "results.json"
 RESUME = "resume.pt"
+# Bumped whenever training computes something else for the same config (a new schedule, a
+# new default), so that studies never reuse a result of the old code (see run_key).
+TRAINING_VERSION = 2
 
 
 @dataclass
@@ -58,18 +69,20 @@ class TrainConfig:
     shots: int = 16
     seed: int = 1
     out: str = "runs/train"
-    epochs: int | None = None           # None = the method's default
-    batch_size: int | None = None
+    epochs: int | None = None           # None = the method's default (per dataset, see
+    batch_size: int | None = None       #   TrainDefaults.by_dataset)
     lr: float | None = None
     optimizer: str | None = None        # sgd | adam
+    select: str | None = None           # final model: last | best_val (None: the method's)
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     device: str = "cpu"
-    precision: str = "auto"             # auto (bf16 autocast on CUDA) | fp32
+    precision: str = "auto"             # auto (bf16 where the GPU has it, else fp32) | fp32
+                                        # | bf16 | fp16 (autocast + gradient scaler)
     num_workers: int = 0
-    eval_batch_size: int = 128
+    eval_batch_size: int | None = None  # None = the method's (SEP: 500, the authors')
     feature_cache: bool = True          # encode each training image once per view, reuse
     cache_views: int = 10               # augmented views cached (at most one per epoch)
     cache_dir: str | None = None        # on-disk feature cache (None: featcache.cache_root();
@@ -79,13 +92,32 @@ class TrainConfig:
     progress: bool = True
     options: dict[str, Any] = field(default_factory=dict)   # method options, key=value
 
-    def resolved(self) -> TrainConfig:
-        """Fill the ``None`` fields from the method's defaults."""
-        d = method_class(self.method).defaults
+    def resolved(self, dataset: str | None = None) -> TrainConfig:
+        """Fill the ``None`` fields from the method's defaults, for ``dataset`` (its
+        ``Dataset.name``) when given: the authors' per-dataset schedules apply then."""
+        d = method_class(self.method).defaults.for_dataset(dataset, self.protocol)
+        mine = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "optimizer",
+                                              "select", "eval_batch_size")}
         return dataclasses.replace(
-            self, epochs=d.epochs if self.epochs is None else self.epochs,
-            batch_size=self.batch_size or d.batch_size, lr=self.lr or d.lr,
-            optimizer=self.optimizer or d.optimizer)
+            self, **{k: getattr(d, k) if v is None else v for k, v in mine.items()})
+
+    def validate(self) -> None:
+        """One clear error for a setting that cannot train (call on a resolved config)."""
+        bad = []
+        if self.epochs is not None and self.epochs < 0:
+            bad.append(f"--epochs {self.epochs} (use 0 or more)")
+        for name in ("batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad.append(f"--{name.replace('_', '-')} {v} (use 1 or more)")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            bad.append(f"--lr {self.lr} (use a finite number above 0)")
+        if self.select is not None and self.select not in SELECTIONS:
+            bad.append(f"--select {self.select} (use one of {', '.join(SELECTIONS)})")
+        if self.precision not in PRECISIONS:
+            bad.append(f"--precision {self.precision} (use one of {', '.join(PRECISIONS)})")
+        if bad:
+            raise PromptvizError("invalid setting: " + "; ".join(bad))
 
 
 def set_seed(seed: int) -> None:
@@ -95,10 +127,14 @@ def set_seed(seed: int) -> None:
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
-    """Constant warm-up, then cosine annealing over all epochs (per-epoch steps)."""
-    if epoch < cfg.warmup_epochs and cfg.epochs > cfg.warmup_epochs:
+    """The learning rate of 0-based ``epoch`` under Dassl's schedule: ``warmup_epochs`` at the
+    constant ``warmup_lr``, then a cosine over ``epochs`` that Dassl's warm-up wrapper hands
+    over to unstepped, so the first epoch after the warm-up runs at the full rate:
+    ``lr·(1 + cos(π(e − W)/E))/2`` (10 epochs at 0.002: 1e-5, 0.002, 0.001951, …, 0.000191)."""
+    warm = cfg.warmup_epochs if cfg.epochs > cfg.warmup_epochs else 0
+    if epoch < warm:
         return cfg.warmup_lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (epoch - warm) / cfg.epochs))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -134,6 +170,10 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
 def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                  out: Path | None = None, weights: str = "") -> list[dict[str, float]]:
     """Optimise ``method``'s trainable parameters on ``train_set``; returns per-epoch logs.
+
+    ``cfg`` is resolved (:meth:`TrainConfig.resolved`). With ``cfg.select == "best_val"`` the
+    validation shots are scored after every epoch (``val_acc`` in the logs) and the method
+    ends with the state of the first epoch that scored best, as Dassl's ``best_val``.
     With ``out``, the state after every epoch goes to ``out/resume.pt``, keyed on the config
     and ``weights`` (the backbone's :func:`featcache.weights_fingerprint`, computed here
     when not given)."""
@@ -144,9 +184,14 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     if not train_set.train:
         raise PromptvizError(f"dataset {train_set.name} has no training images; it is a "
                              "test-only dataset (e.g. a domain-shifted copy)")
+    if cfg.select == "best_val" and not train_set.val:
+        raise PromptvizError(f"--select best_val needs validation images and {train_set.name} "
+                             "has none; use --select last")
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=train_set.augment)
+    precision = resolve_precision(cfg.precision, bb.device)
     optim = make_optimizer(params, cfg)
+    scaler = torch.amp.GradScaler(bb.device.type, enabled=precision == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed)
     transform = train_transform if cfg.augment else clip_transform
     data = ImageDataset(train_set.train, transform(bb.image_size, bb.mean, bb.std))
@@ -155,12 +200,13 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     if cfg.feature_cache and method.cacheable:
         views = cached_views(method, train_set, data, cfg)
     history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"acc": -math.inf, "epoch": 0, "state": None}
     start = 0
     resume = out / RESUME if out else None
     if resume is not None and not weights:
         weights = featcache.weights_fingerprint(bb.model)
     if resume is not None and resume.is_file():
-        start, history = _resume(resume, method, optim, gen, cfg, weights)
+        start, history, best = _resume(resume, method, optim, scaler, gen, cfg, weights, best)
     if start == 0:
         method.prepare(DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
     for epoch in range(start, cfg.epochs):
@@ -182,35 +228,57 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                            total=steps)
         for step, (inputs, labels, _) in enumerate(bar):
             labels = labels.to(bb.device)
-            with autocast_for(bb.device, cfg.precision):
+            with autocast_for(bb.device, precision):
                 if views is None:
                     loss, logits, terms = method.loss(inputs.to(bb.device), labels)
                 else:
                     loss, logits, terms = method.loss_from(inputs, labels)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+            scaler.scale(loss).backward()
+            scaler.step(optim)
+            scaler.update()
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
             if step % 10 == 0:                    # on the device: read once per epoch
                 correct = correct + (logits.argmax(-1) == labels).sum()
                 seen += len(labels)
         logs = {k: float(v) / max(step + 1, 1) for k, v in sums.items()}   # one sync per epoch
-        if not math.isfinite(logs["loss"]):
+        finite = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+        if not (math.isfinite(logs["loss"]) and finite):
+            what = f"loss became {logs['loss']}" if finite else "weights became NaN or infinite"
             raise PromptvizError(
-                f"the training loss became {logs['loss']} in epoch {epoch + 1}; lower the "
-                f"learning rate (--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
+                f"the training {what} in epoch {epoch + 1}; lower the learning rate "
+                f"(--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
         logs.update(epoch=epoch + 1, lr=lr, train_acc=100.0 * float(correct) / max(seen, 1),
                     seconds=time.perf_counter() - t0)
+        if cfg.select == "best_val":              # Dassl: test on val after every epoch,
+            acc = evaluate(method, train_set.val, train_set.classnames, train_set.template,
+                           cfg.eval_batch_size, cfg.num_workers, False, precision=precision)
+            logs["val_acc"] = acc
+            if acc > best["acc"]:                 # keep the first best (strictly greater)
+                best = {"acc": acc, "epoch": epoch + 1,
+                        "state": {k: v.clone() for k, v in method.trainable_state().items()}}
         history.append(logs)
         if resume is not None:
             atomic_torch_save({"epoch": epoch + 1, "history": history,
                                "config": _key(cfg, weights), "state": method.trainable_state(),
-                               "optimizer": optim.state_dict(),
+                               "optimizer": optim.state_dict(), "scaler": scaler.state_dict(),
+                               "best": best,
                                "generator": gen.get_state(),
                                "torch_rng": torch.get_rng_state(),       # augmentations
                                "python_rng": random.getstate()}, resume)
+    if cfg.select == "best_val" and best["state"] is not None:
+        method.load_trainable_state(best["state"])
     return history
+
+
+def selected_epoch(history: list[dict[str, float]], select: str) -> int:
+    """The epoch whose state :func:`train_method` ended with (0: no training)."""
+    if not history:
+        return 0
+    if select == "best_val":
+        return int(max(history, key=lambda h: (h["val_acc"], -h["epoch"]))["epoch"])
+    return int(history[-1]["epoch"])
 
 
 def n_views(cfg: TrainConfig) -> int:
@@ -221,43 +289,64 @@ def n_views(cfg: TrainConfig) -> int:
 
 @torch.no_grad()
 def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
-                 ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+                 ) -> featcache.Views | None:
     """The frozen image tower on every training image, under ``cache_views`` augmented views
     (at most one per epoch; one without augmentation, when every view would be the same):
-    what ``method.encode_images(train=True)`` returns, kept on the device, so that a
-    training step costs only the text side and the method's own modules."""
-    loader = DataLoader(data, batch_size=cfg.eval_batch_size, shuffle=False,
+    what ``method.encode_images(train=True)`` returns, kept in host memory
+    (:class:`featcache.HostFeatures`; :func:`cached_batches` moves one batch at a time to the
+    device), so that a training step costs only the text side and the method's own modules.
+
+    The store's size is estimated from the first encoded chunk; when it would take more than
+    :func:`featcache.host_budget`, nothing more is encoded, a one-line warning says so and
+    the result is ``None``: training then reads the images (the uncached path)."""
+    loader = DataLoader(data, batch_size=cfg.eval_batch_size or 128, shuffle=False,
                         num_workers=cfg.num_workers)
-    views = []
+    views: featcache.Views = []
+    n = n_views(cfg)
     with torch.random.fork_rng(devices=[]):      # the views depend on the seed alone
         torch.manual_seed(cfg.seed)
-        for v in range(n_views(cfg)):
-            views.append(_encode_view(method, loader, cfg, v))
+        for v in range(n):
+            view = _encode_view(method, loader, cfg, v, fit_views=n if v == 0 else 0)
+            if view is None:
+                return None
+            views.append(view)
     return views
 
 
-def cached_views(method: Method, train_set: Dataset, data: ImageDataset, cfg: TrainConfig
-                 ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """``encode_views``, read from the on-disk feature cache when an entry with the same
-    key exists, and written there otherwise (``cfg.cache_dir == ""``: memory only)."""
-    if cfg.cache_dir == "":
-        return encode_views(method, data, cfg)
+def cache_facts(method: Method, train_set: Dataset, cfg: TrainConfig
+                ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """What a feature-cache entry's key is made of (:func:`featcache.entry_key`): the facts
+    its tensors depend on, library versions included, and the training items."""
     bb = method.backbone
     facts = {"format": featcache.FORMAT, "backbone": bb.name,
              "weights": featcache.backbone_fingerprint(bb.model),
              "dataset": train_set.name, "shots": cfg.shots, "seed": cfg.seed,
              "views": n_views(cfg), "augment": cfg.augment, "image_size": bb.image_size,
-             "mean": list(bb.mean), "std": list(bb.std), "precision": cfg.precision,
-             "device": bb.device.type, **method.image_key()}
+             "mean": list(bb.mean), "std": list(bb.std),
+             "precision": resolve_precision(cfg.precision, bb.device),
+             "device": bb.device.type, "versions": featcache.library_versions(),
+             **method.image_key()}
     if cfg.augment and cfg.num_workers:
         # worker processes draw the augmentations from their own seeds
         facts["augment_workers"] = cfg.num_workers
     items = [(f"{x.impath}\t{_stamp(x.impath)}", int(x.label)) for x in train_set.train]
+    return facts, items
+
+
+def cached_views(method: Method, train_set: Dataset, data: ImageDataset, cfg: TrainConfig
+                 ) -> featcache.Views | None:
+    """``encode_views``, read from the on-disk feature cache (memory-mapped) when an entry
+    with the same key exists, and written there otherwise (``cfg.cache_dir == ""``: memory
+    only). ``None`` when the store would not fit in host memory (see ``encode_views``)."""
+    if cfg.cache_dir == "":
+        return encode_views(method, data, cfg)
+    facts, items = cache_facts(method, train_set, cfg)
     root, key = featcache.cache_root(cfg.cache_dir), featcache.entry_key(facts, items)
-    views = featcache.load(root, key, bb.device)
+    views = featcache.load(root, key, method.backbone.device)
     if views is None:
         views = encode_views(method, data, cfg)
-        featcache.store(root, key, views, dict(facts, images=len(items)))
+        if views is not None:
+            featcache.store(root, key, views, dict(facts, images=len(items)))
     return views
 
 
@@ -271,31 +360,37 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _encode_view(method: Method, loader: DataLoader, cfg: TrainConfig, v: int
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _encode_view(method: Method, loader: DataLoader, cfg: TrainConfig, v: int,
+                 fit_views: int = 0) -> tuple[featcache.HostFeatures, torch.Tensor] | None:
+    """One view, chunk by chunk into host memory (:class:`featcache.ViewBuilder`). With
+    ``fit_views``, once the first chunk is encoded and before anything is allocated, a store
+    of that many views is checked against the host's memory (:func:`featcache.fits`);
+    ``None`` when it would not fit."""
     bb = method.backbone
-    parts: dict[str, list[torch.Tensor]] = {}
-    labels = []
+    store = featcache.ViewBuilder(len(loader.dataset), bb.device)
     for images, y, _ in progress_bar(loader, desc=f"caching view {v + 1}", enabled=cfg.progress):
         with autocast_for(bb.device, cfg.precision):
             feats = method.encode_images(images.to(bb.device), train=True)
-        for k, t in feats.items():
-            parts.setdefault(k, []).append(t)
-        labels.append(y)
-    return {k: torch.cat(t) for k, t in parts.items()}, torch.cat(labels)
+            autocast = featcache.autocast_dtype(bb.device)
+        if not store.tensors:
+            store.describe(feats, autocast)
+            if fit_views and not featcache.fits(store.bytes_per_image, store.n, fit_views):
+                return None
+            store.allocate()
+        store.add(feats, y)
+    return store.view()
 
 
 def cached_batches(view: tuple[dict[str, torch.Tensor], torch.Tensor], order: list[int],
                    batch_size: int, drop_last: bool):
-    """Batches of cached features, visiting the images in ``order`` (as the image path does)."""
+    """Batches of cached features, visiting the images in ``order`` (as the image path does):
+    ``(features, labels, indices)`` on the training device, one batch moved from host memory
+    at a time (:func:`featcache.batches`). A view of plain tensors (no
+    :class:`featcache.HostFeatures`) is read where its tensors are."""
     feats, labels = view
-    device = next(iter(feats.values())).device
-    order = torch.tensor(order, device=device)   # one host-to-device copy per epoch, none
-    labels = labels.to(device)                   # per step (each would synchronise on CUDA)
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for i in range(0, stop, batch_size):
-        idx = order[i:i + batch_size]
-        yield {k: t[idx.to(t.device)] for k, t in feats.items()}, labels[idx], idx
+    if not isinstance(feats, featcache.HostFeatures):
+        feats = featcache.HostFeatures(feats, next(iter(feats.values())).device)
+    return featcache.batches(feats, labels, order, batch_size, drop_last)
 
 
 def _key(cfg: TrainConfig, weights: str) -> dict[str, Any]:
@@ -307,23 +402,22 @@ def _key(cfg: TrainConfig, weights: str) -> dict[str, Any]:
     return {**d, "weights": weights}
 
 
-def _resume(path: Path, method: Method, optim: torch.optim.Optimizer, gen: torch.Generator,
-            cfg: TrainConfig, weights: str) -> tuple[int, list[dict[str, float]]]:
-    try:
-        saved = torch.load(path, map_location=method.backbone.device, weights_only=False)
-    except Exception:
-        raise PromptvizError(f"{path} is unreadable; delete it to train from scratch") from None
+def _resume(path: Path, method: Method, optim: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, gen: torch.Generator, cfg: TrainConfig, weights: str,
+            best: dict[str, Any]) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
+    saved = load_state(path)
     if saved.get("config") != _key(cfg, weights):
         print(f"{path} was written with other settings or backbone weights; training from "
               "scratch")
-        return 0, []
+        return 0, [], best
     method.load_trainable_state(saved["state"])
-    optim.load_state_dict(saved["optimizer"])
+    optim.load_state_dict(saved["optimizer"])      # moves its state to the parameters' device
+    scaler.load_state_dict(saved["scaler"])
     gen.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     random.setstate(saved["python_rng"])
     print(f"resuming from epoch {saved['epoch']} ({path})")
-    return int(saved["epoch"]), list(saved["history"])
+    return int(saved["epoch"]), list(saved["history"]), saved["best"]
 
 
 def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
@@ -332,7 +426,8 @@ def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
     out = {}
     for key, ds in eval_sets.items():
         out[key] = evaluate(method, ds.test, ds.classnames, ds.template, cfg.eval_batch_size,
-                            cfg.num_workers, cfg.progress, desc=key, precision=cfg.precision)
+                            cfg.num_workers, cfg.progress, desc=key,
+                            precision=resolve_precision(cfg.precision, method.backbone.device))
     if "base_acc" in out:
         out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
     return out
@@ -345,34 +440,42 @@ _NOT_IN_KEY = ("out", "progress", "cache_dir")
 def run_key(cfg: TrainConfig, weights: str) -> str:
     """What a run computes, as a short hash: its resolved config (less :data:`_NOT_IN_KEY`)
     and the fingerprint of its backbone's weights. A study reuses a finished run only when
-    the key is the same, so new weights behind the same name (a retrained toyclip) or a
-    changed setting mean a new run, never a stale result."""
+    the key is the same, so new weights behind the same name (a retrained toyclip), a
+    changed setting or a new :data:`TRAINING_VERSION` mean a new run, never a stale result."""
     facts = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items() if k not in _NOT_IN_KEY}
     facts["weights"] = weights
+    facts["training_version"] = TRAINING_VERSION
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train and evaluate one (method, dataset, protocol, shots, seed); write results.json."""
-    cfg = cfg.resolved()
+    requested = cfg                                  # as given: the run key's input
+    cfg.resolved().validate()
     out = Path(cfg.out)
-    (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     device = check_device(cfg.device)
     set_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    requested = cfg                                  # before the dataset fills in augment
+    cfg = cfg.resolved(ds.name)                      # the authors' schedule for this dataset
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
+    if cfg.select == "best_val" and requested.select is None and not train_set.val:
+        print(f"note: {ds.name} has no validation images, so {cfg.method} keeps its last "
+              "epoch instead of its default best_val")
+        cfg = dataclasses.replace(cfg, select="last")
     backbone = load_clip(cfg.backbone, device)
+    resolve_precision(cfg.precision, device)
     weights = featcache.weights_fingerprint(backbone.model)
     key = run_key(requested, weights)
+    options = {**method_class(cfg.method).dataset_options(ds.name), **cfg.options}
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
-                          cfg.options)
+                          options)
     if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):
         raise PromptvizError(  # caught before training: nothing may be written for it
             "class_specific=true learns one context per training class, so it cannot classify "
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
+    (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     t0 = time.perf_counter()
     history = train_method(method, train_set, cfg, out, weights)
     train_seconds = time.perf_counter() - t0
@@ -386,7 +489,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     metrics = evaluate_protocol(method, eval_sets, cfg)
     results = {"method": cfg.method, "backbone": cfg.backbone, "dataset": ds.name,
                "protocol": cfg.protocol, "shots": cfg.shots, "seed": cfg.seed, **metrics,
-               "epochs": cfg.epochs, "train_seconds": round(train_seconds, 2),
+               "epochs": cfg.epochs, "select": cfg.select,
+               "selected_epoch": selected_epoch(history, cfg.select),
+               "eval_batch_size": cfg.eval_batch_size,
+               "train_seconds": round(train_seconds, 2),
                "eval_seconds": round(time.perf_counter() - t1, 2),
                "trainable_params": sum(p.numel() for p in method.trainable_parameters()),
                "history": history, "options": meta["options"], "run_key": key}

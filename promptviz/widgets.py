@@ -155,7 +155,9 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
     if not layers:
         raise ValueError("the record has no rebuilt vision layers")
     grid = record["grid"]
-    faithful = record.get("mode", "faithful") == "faithful"
+    # attention across the batch ([K, B, B] per slot) or within each image ([B, K, K])
+    faithful = record.get("attention_over", "batch" if record.get("mode", "faithful") ==
+                          "faithful" else "sample") == "batch"
 
     def layer_of(v: dict) -> int:
         """The slider may sit between rebuilt layers: use the last one at or below it."""

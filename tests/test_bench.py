@@ -13,8 +13,10 @@ from promptviz.backbone import Backbone
 from promptviz.bench import (
     BenchConfig,
     bench_method,
+    cache_estimate,
     count_attention,
     format_bench,
+    format_estimate,
     image_tower_macs,
 )
 from promptviz.cli import main
@@ -54,6 +56,14 @@ def test_bench_cli_writes_the_documented_json(tmp_path, capsys):
     assert coop["ratios"]["train"] == pytest.approx(
         fast["train"]["images_per_s"] / slow["train"]["images_per_s"], rel=1e-2)
     assert coop["amortised_over"] == {"epochs": 10, "cache_views": 10}
+    # the feature store's host memory for ImageNet base at 16 shots: images × views × bytes
+    est = res["feature_cache_estimate"]
+    assert est["images"] == 500 * 16 and list(est["methods"]) == ["coop"]
+    d = 32                                                  # pv-tiny's embedding width
+    assert est["methods"]["coop"]["bytes"] == est["methods"]["coop"]["bytes_bf16_autocast"] \
+        == 8000 * 10 * (4 * d + 8)                          # f in fp32, and the label
+    assert ("feature cache for pv-tiny, 16 shots, ImageNet base (500 classes), 10 views: "
+            "10.9 MB for coop") in printed
     # the default path never asks open_clip's attention for its weights (fused SDPA path)
     assert fast["train"]["per_step"]["need_weights_calls"] == 0
     assert fast["train"]["per_step"]["mha_calls"] > 0
@@ -75,6 +85,18 @@ def test_bench_every_method_on_a_tiny_clip(tiny_clip):
     n_tokens = 1 + tiny_clip.grid_size[0] * tiny_clip.grid_size[1]
     assert rows["textrefiner"]["optimised"]["train"]["cache_bytes_per_image"] == \
         4 * (d + n_tokens * d + n_tokens - 1)
+    # a GPU run keeps the tokens in bf16 (exact under bf16 autocast): the estimate says so
+    est = cache_estimate(list(rows.values()))
+    assert list(est["methods"]) == ["cocoop", "textrefiner"]
+    tr = est["methods"]["textrefiner"]
+    assert tr["bytes"] == 8000 * 10 * (4 * (d + n_tokens * d + n_tokens - 1) + 8)
+    assert tr["bytes_bf16_autocast"] == 8000 * 10 * (4 * d + 2 * n_tokens * d
+                                                     + 4 * (n_tokens - 1) + 8)
+    line = format_estimate({"backbone": "pv-tiny", "feature_cache_estimate": est})
+    assert line.startswith("feature cache for pv-tiny, 16 shots, ImageNet base (500 classes), "
+                           "10 views: ")
+    assert f"{tr['bytes'] / 1e6:.1f} MB ({tr['bytes_bf16_autocast'] / 1e6:.1f} MB under bf16 " \
+           "autocast) for textrefiner" in line
     table = format_bench({"backbone": "pv-tiny", "image_size": 32, "device_name": "cpu",
                           "classes": 4, "paths": {"optimised": {"dtype": "float32"}},
                           "memory_metric": {"name": None}, "busy_machine": True,
@@ -191,3 +213,30 @@ def test_toyworld_trains_without_augmentation_unless_asked(toyworld_root, tmp_pa
     assert seen == [(False, 1, "Resize"), (True, 2, "RandomResizedCrop")]
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["config"]["augment"] is False and r["epochs"] == 2
+
+
+def test_load_average_is_read_before_and_after_measuring(tmp_path, monkeypatch):
+    """``load_average_at_start`` is the load before the first measurement (it used to be
+    read after the last one); a load above the CPU count at either end marks a busy run."""
+    import os
+
+    from promptviz import bench as bench_module
+    calls = []
+
+    def loadavg():
+        calls.append(len(calls))
+        return (0.5, 0.5, 0.5) if len(calls) == 1 else (99.0, 99.0, 99.0)
+
+    real = bench_module.bench_method
+
+    def bench_method(*args, **kwargs):
+        assert calls == [0]                        # read once, before any measurement
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, "getloadavg", loadavg)
+    monkeypatch.setattr(bench_module, "bench_method", bench_method)
+    res = bench_module.bench(BenchConfig(backbone="pv-tiny", methods=("zeroshot",), classes=3,
+                                         steps=1, warmup=0, eval_batch_size=2, progress=False,
+                                         out=str(tmp_path / "b.json")))
+    assert res["load_average_at_start"] == [0.5, 0.5, 0.5]
+    assert res["load_average_at_end"] == [99.0, 99.0, 99.0] and res["busy_machine"]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 
 import pytest
 
 from promptviz.cli import main
-from promptviz.compare import COLUMNS, CompareConfig, compare, summarise
+from promptviz.compare import COLUMNS, CompareConfig, compare, summarise, to_csv
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import harmonic_mean
+from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean, mean_std
 
 
 def _cfg(root, out, **kw) -> CompareConfig:
@@ -28,7 +29,11 @@ def test_base2new_study_resumes_and_writes_table(tiny_root, tmp_path):
     assert rows["coop", "dtd"]["n"] == 2 and "hm_std" in rows["coop", "dtd"]
     csv_rows = list(csv.DictReader((tmp_path / "study" / "table.csv").open()))
     assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == 2
-    assert json.loads((tmp_path / "study" / "table.json").read_text())["table"]
+    written = json.loads((tmp_path / "study" / "table.json").read_text())
+    assert written["table"] and HM_CONVENTION in written["notes"]["hm"]
+    for r in csv_rows:                       # every written row's HM is its own base/novel's
+        hm = harmonic_mean(float(r["base_acc"]), float(r["new_acc"]))
+        assert float(r["hm"]) == pytest.approx(hm, abs=0.01)
     html = (tmp_path / "study" / "report.html").read_text()
     assert "coop" in html and "Reported in the papers" not in html   # toy data: no references
     # an interrupted study: one run's results removed, the rest reused (and not retrained)
@@ -72,6 +77,43 @@ def test_average_row_uses_hm_of_averages():
     avg = next(r for r in table if r["dataset"] == "average")
     assert avg["base_acc"] == 50.0 and avg["new_acc"] == 50.0 and avg["hm"] == 50.0
     assert avg["hm"] != pytest.approx(sum(r["hm"] for r in rows) / 2)
+
+
+# Two seeds of one dataset whose base and novel move apart: the means are ToyPaints CoOp's
+# 87.6 / 56.9, whose HM is 69.0, while the mean of the per-seed HMs is 68.3.
+SEEDS = [{"method": "coop", "dataset": "toy_paints", "shots": 16, "seed": s, "base_acc": b,
+          "new_acc": n, "hm": harmonic_mean(b, n)} for s, b, n in ((1, 90.0, 70.0),
+                                                                 (2, 85.2, 43.8))]
+
+
+def test_a_rows_hm_is_the_hm_of_its_own_base_and_novel():
+    per_seed = [r["hm"] for r in SEEDS]
+    for row in (aggregate(SEEDS), summarise(SEEDS, "base2new")[0]):
+        assert (row["base_acc"], row["new_acc"]) == (pytest.approx(87.6), pytest.approx(56.9))
+        assert row["hm"] == pytest.approx(harmonic_mean(row["base_acc"], row["new_acc"]))
+        assert round(row["hm"], 1) == 69.0
+        assert row["hm"] != pytest.approx(sum(per_seed) / 2, abs=0.1)     # the old convention
+        assert row["hm_std"] == pytest.approx(mean_std(per_seed)[1])     # spread over seeds
+    csv_row = next(csv.DictReader(io.StringIO(to_csv(summarise(SEEDS, "base2new")))))
+    assert (csv_row["base_acc"], csv_row["new_acc"], csv_row["hm"]) == ("87.60", "56.90",
+                                                                        "68.99")
+    # the HM does not come from the stored per-seed "hm" at all
+    assert aggregate([{**r, "hm": 0.0} for r in SEEDS])["hm"] == pytest.approx(68.99, abs=0.01)
+
+
+def test_hm_convention_is_said_where_tables_are_printed():
+    from promptviz.demo import format_table
+    from promptviz.modelcard import markdown
+    table = summarise(SEEDS, "base2new")
+    assert format_table([{**r, "label": "coop"} for r in table]).endswith(f"({HM_CONVENTION}.)")
+    assert HM_CONVENTION not in format_table([{**SEEDS[0], "label": "one run"}])
+    zero_shot = [{"dataset": "toy_paints", "classes": 9, "template": "{}", "acc": 50.0,
+                  "chance": 11.1}]
+    bars = {"all_three_x_chance": True, "coop_base_gain_mean": 5.0, "shift_drop": {}}
+    card = {"seeds": [1, 2], "zero_shot": zero_shot, "zeroshot_b2n": [{**SEEDS[0], "n": 1}],
+            "coop_b2n": table, "bars": bars}
+    md = markdown(card)
+    assert "| 87.6 ± 3.4 | 56.9 ± 18.5 | 69.0 ± 14.8 |" in md and HM_CONVENTION in md
 
 
 def test_fewshot_several_k_and_cross_dataset(tiny_root, tmp_path):

@@ -283,9 +283,54 @@ def test_few_shot_uses_documented_rng(toy):
     got = few_shot(toy, 3, seed=7)
     for label in range(4):
         group = sorted((s for s in toy.train if s.label == label), key=lambda s: s.impath)
-        rng = random.Random(f"toy|{toy.split_hash}|3|7|{label}")
+        rng = random.Random(f"{toy.split_hash}|3|7|{label}")      # no dataset name in it
         want = sorted(rng.sample(group, 3), key=lambda s: s.impath)
         assert [s for s in got.train if s.label == label] == want
+
+
+def _renamed_copy(ds, folder: Path, name: str):
+    """``ds``'s folder copied to ``folder`` (its few-shot cache too, as a rename keeps it)
+    with ``name`` in its card: the same split file, another dataset name."""
+    shutil.copytree(ds.root, folder)
+    card = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**card, "name": name}))
+    other = load_dataset(str(folder))
+    assert other.name == name != ds.name and other.split_hash == ds.split_hash
+    return other
+
+
+def test_few_shot_draw_ignores_the_dataset_name(toy, tmp_path, monkeypatch):
+    first = few_shot(toy, 3, seed=5)                      # drawn, and cached in toy's folder
+    renamed = _renamed_copy(toy, tmp_path / "elsewhere" / "renamed", "renamed")
+    cache = Path(renamed.root) / "promptviz_fewshot" / f"shots3_seed5_{toy.split_hash}.json"
+    assert cache.is_file()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("sampled again instead of reading the cache")
+
+    with monkeypatch.context() as m:                      # with the cache: its shots
+        m.setattr(fewshot_module, "_sample_split", boom)
+        assert _rel(few_shot(renamed, 3, seed=5)) == _rel(first)
+    cache.unlink()                                        # without it: drawn again, the same
+    assert _rel(few_shot(renamed, 3, seed=5)) == _rel(first)
+    assert cache.is_file()
+    shutil.rmtree(toy.root / "promptviz_fewshot")          # and the original, drawn afresh
+    assert _rel(few_shot(toy, 3, seed=5)) == _rel(first)
+
+
+def test_few_shot_cache_of_another_draw_is_not_reused(toy):
+    fresh = few_shot(toy, 3, seed=5)
+    cache = toy.root / "promptviz_fewshot" / f"shots3_seed5_{toy.split_hash}.json"
+    data = json.loads(cache.read_text())
+    assert data["draw"] == fewshot_module.DRAW
+    # a cache written by the old, name-seeded draw: same split, K and seed, other shots
+    unused = [str(Path(s.impath).relative_to(toy.root)) for s in toy.train]
+    unused = [p for p in unused if p not in data["train"]]
+    old = {**{k: v for k, v in data.items() if k != "draw"}, "train": unused[:12]}
+    cache.write_text(json.dumps(old))
+    again = few_shot(toy, 3, seed=5)
+    assert _rel(again) == _rel(fresh)
+    assert json.loads(cache.read_text())["draw"] == fewshot_module.DRAW   # replaced
 
 
 def test_few_shot_short_classes_warn(toy):

@@ -90,6 +90,30 @@ def test_cocoop_text_depends_on_image(tiny_clip):
     assert full.shape == (3, len(NAMES))
 
 
+@pytest.mark.parametrize("extra", [{}, {"ctx_init": ""}])
+def test_cocoop_refuses_class_specific_context(tiny_clip, extra):
+    from promptviz.methods.cocoop import CoCoOp, CoCoOpOptions
+    words = r"cocoop does not support class_specific=true.*shared across classes.*--method coop"
+    with pytest.raises(PromptvizError, match=words):
+        build_method("cocoop", tiny_clip, NAMES, TEMPLATE, {"class_specific": "true", **extra})
+    with pytest.raises(PromptvizError, match=words):
+        CoCoOp(tiny_clip, NAMES, TEMPLATE, CoCoOpOptions(class_specific=True, **extra))
+    assert build_method("cocoop", tiny_clip, NAMES, TEMPLATE,
+                        {"class_specific": "false", **extra}).prompt.ctx.dim() == 2
+
+
+def test_cocoop_class_specific_refused_before_training(tiny_root, tmp_path):
+    from promptviz.train import TrainConfig, run
+    out = tmp_path / "cocoop-csc"       # few-shot: base2new's own CSC check cannot catch it
+    cfg = TrainConfig(method="cocoop", backbone="pv-tiny", dataset="dtd",
+                      data_root=str(tiny_root), protocol="fewshot", shots=2, seed=1,
+                      epochs=1, batch_size=6, out=str(out), progress=False,
+                      feature_cache=False, options={"class_specific": "true"})
+    with pytest.raises(PromptvizError, match="cocoop does not support class_specific=true"):
+        run(cfg)
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_bad_options(tiny_clip):
     with pytest.raises(PromptvizError, match="unknown option"):
         build_method("coop", tiny_clip, NAMES, TEMPLATE, {"nctx": "4"})

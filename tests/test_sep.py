@@ -146,7 +146,8 @@ def test_prototypes_lazy_init_and_explicit(tiny_clip):
     feats = torch.randn(8, tiny_clip.embed_dim)
     m.init_prototypes((feats, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])))
     norm = torch.nn.functional.normalize(feats, dim=-1)
-    assert torch.allclose(m.W_fc[1], norm[2:4].mean(0)) and (m.proto_count == 2).all()
+    unit_mean = torch.nn.functional.normalize(norm[2:4].mean(0), dim=-1)   # unit rows
+    assert torch.allclose(m.W_fc[1], unit_mean, atol=1e-6) and (m.proto_count == 2).all()
 
 
 def test_set_classnames_keeps_prototypes(tiny_clip):

@@ -61,3 +61,16 @@ def test_card_bars_and_table_report_the_linear_head():
     assert "linear head **+2.0**, ceiling **+4.0**" in md
     del card["headroom"]                                  # cards written before the head
     assert "linear head" not in markdown(card)
+
+
+def test_the_shipped_card_is_rendered_from_its_measurements():
+    """MODEL_CARD.md is ``model_card(card.json, provenance.json)`` as written by
+    ``promptviz toyworld card --update-card``: no number in it was typed in by hand after
+    the measurement (the ones its template still carries are flagged in issue #21)."""
+    from promptviz.modelcard import CARD_JSON, PROVENANCE, model_card
+    folder = TOYCLIP_WEIGHTS.parent
+    card = json.loads((folder / CARD_JSON).read_text())
+    prov = json.loads((folder / PROVENANCE).read_text())
+    assert model_card(card, prov) == (folder / "MODEL_CARD.md").read_text()
+    assert quality_bars(card["zero_shot"], card["zeroshot_b2n"], card["coop_b2n"],
+                        card["headroom"]) == card["bars"]

@@ -49,14 +49,15 @@ def test_fewshot_and_zeroshot(tiny_root, tmp_path):
     assert 0 <= zs["acc"] <= 100 and zs["history"] == [] and zs["trainable_params"] == 0
 
 
-def _interrupted(cfg: dict, out, monkeypatch) -> None:
-    """Run ``cfg`` into ``out`` and stop it in its second epoch (3 steps per epoch)."""
+def _interrupted(cfg: dict, out, monkeypatch, at: int = 5) -> None:
+    """Run ``cfg`` into ``out`` and stop it at its ``at``-th step (3 steps per epoch: the 5th
+    is in the second epoch, after ``resume.pt`` of epoch 1 was written)."""
     calls = {"n": 0}
     original = CoOp.loss_from
 
     def flaky(self, feats, labels):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == at:
             raise KeyboardInterrupt
         return original(self, feats, labels)
 
@@ -67,17 +68,103 @@ def _interrupted(cfg: dict, out, monkeypatch) -> None:
     assert (out / "resume.pt").is_file() and not (out / "results.json").exists()
 
 
-def test_resume_after_interruption_matches_uninterrupted(tiny_root, tmp_path, monkeypatch):
-    cfg = dict(method="coop", backbone="pv-tiny", dataset="dtd", data_root=str(tiny_root),
-               shots=4, epochs=3, batch_size=4, progress=False)
-    full = run(TrainConfig(out=str(tmp_path / "full"), **cfg))
+def _counted_run(cfg: dict, out, monkeypatch) -> tuple[dict, int]:
+    """``run`` that also counts the training steps it takes."""
+    calls = {"n": 0}
+    original = CoOp.loss_from
+
+    def counted(self, feats, labels):
+        calls["n"] += 1
+        return original(self, feats, labels)
+
+    monkeypatch.setattr(CoOp, "loss_from", counted)
+    res = run(TrainConfig(out=str(out), **cfg))
+    monkeypatch.setattr(CoOp, "loss_from", original)
+    return res, calls["n"]
+
+
+def _ctx(folder) -> torch.Tensor:
+    return load_file(folder / "model.safetensors")["prompt.ctx"]
+
+
+# Augmented views from pixels: a resumed run must restore the shuffle generator *and* the
+# global RNG that draws the crops and flips to equal the uninterrupted run.
+_RESUME_CFG = dict(method="coop", backbone="pv-tiny", dataset="dtd", shots=4, epochs=3,
+                   batch_size=4, progress=False, feature_cache=False, augment=True)
+
+
+def test_resume_trains_only_the_remaining_epochs_and_matches(tiny_root, tmp_path, monkeypatch):
+    cfg = dict(_RESUME_CFG, data_root=str(tiny_root))
+    full, full_steps = _counted_run(cfg, tmp_path / "full", monkeypatch)
     out = tmp_path / "broken"
     _interrupted(cfg, out, monkeypatch)
-    resumed = run(TrainConfig(out=str(out), **cfg))
-    a = load_file(tmp_path / "full" / "model.safetensors")["prompt.ctx"]
-    b = load_file(out / "model.safetensors")["prompt.ctx"]
-    assert torch.equal(a, b)
+    resumed, steps = _counted_run(cfg, out, monkeypatch)
+    assert (full_steps, steps) == (9, 6)           # epochs 2 and 3 only
+    assert torch.equal(_ctx(tmp_path / "full"), _ctx(out))
     assert resumed["base_acc"] == full["base_acc"] and resumed["new_acc"] == full["new_acc"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+
+
+@pytest.mark.parametrize("part", ["state", "generator", "torch_rng"])
+def test_resume_uses_the_saved_state_and_rng(tiny_root, tmp_path, monkeypatch, part):
+    """Change one part of ``resume.pt``: the resumed run must then differ from the
+    uninterrupted one, so the equality above is not the determinism of a restart."""
+    cfg = dict(_RESUME_CFG, data_root=str(tiny_root))
+    run(TrainConfig(out=str(tmp_path / "full"), **cfg))
+    out = tmp_path / "broken"
+    _interrupted(cfg, out, monkeypatch)
+    saved = torch.load(out / "resume.pt", weights_only=True)
+    if part == "state":
+        saved["state"]["prompt.ctx"] += 0.05
+    elif part == "generator":
+        saved["generator"] = torch.Generator().manual_seed(12345).get_state()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            saved["torch_rng"] = torch.get_rng_state()
+    torch.save(saved, out / "resume.pt")
+    run(TrainConfig(out=str(out), **cfg))
+    assert not torch.equal(_ctx(tmp_path / "full"), _ctx(out))
+
+
+def test_resume_loads_to_cpu_whatever_the_device(tiny_root, tmp_path, monkeypatch):
+    """On a GPU, ``map_location=<device>`` put the saved RNG states on the GPU and
+    ``set_rng_state`` raised. Stand-in: every load that maps anywhere but the CPU lands on
+    the meta device here, so only a CPU load resumes."""
+    cfg = dict(_RESUME_CFG, data_root=str(tiny_root))
+    out = tmp_path / "run"
+    _interrupted(cfg, out, monkeypatch)
+    real_load = torch.load
+
+    def gpu_like_load(path, *args, map_location=None, **kw):
+        if map_location != "cpu":
+            map_location = "meta"
+        return real_load(path, *args, map_location=map_location, **kw)
+
+    monkeypatch.setattr(torch, "load", gpu_like_load)
+    with pytest.raises(TypeError, match="ByteTensor"):     # what the old code met on a GPU
+        torch.set_rng_state(torch.load(out / "resume.pt", map_location=torch.device("cpu"),
+                                       weights_only=True)["torch_rng"])
+    res, steps = _counted_run(cfg, out, monkeypatch)
+    assert steps == 6 and "base_acc" in res
+
+
+def test_resume_refuses_to_run_pickled_code(tiny_root, tmp_path, capsys):
+    """``resume.pt`` lives in a user's --out folder: it is loaded with weights_only."""
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"epoch": 1, "payload": Payload()}, out / "resume.pt")
+    assert main(["train", "--method", "coop", "--backbone", "pv-tiny", "--dataset", "dtd",
+                 "--data-root", str(tiny_root), "--out", str(out), "--epochs", "1",
+                 "--shots", "4", "--quiet"]) == 2
+    assert not marker.exists()
+    assert "resume.pt is unreadable" in capsys.readouterr().err
 
 
 def test_no_resume_onto_other_backbone_weights(tiny_root, tmp_path, monkeypatch, capsys):
@@ -99,12 +186,25 @@ def test_no_resume_onto_other_backbone_weights(tiny_root, tmp_path, monkeypatch,
     assert "resuming" not in said
 
 
-def test_schedule_warmup_then_cosine():
+def test_schedule_is_dassls_warmup_then_cosine_from_the_full_rate():
+    """Dassl's constant warm-up wrapper hands over to a cosine that has not stepped yet, so
+    the epoch after the warm-up runs at the full rate (values read from Dassl's scheduler)."""
     cfg = TrainConfig(method="coop", epochs=10, lr=0.002).resolved()
-    assert lr_at(0, cfg) == 1e-5
-    assert lr_at(1, cfg) == pytest.approx(0.5 * 0.002 * (1 + torch.cos(torch.tensor(0.1 *
-                                                                                   3.14159265))))
-    assert lr_at(9, cfg) < lr_at(5, cfg) < lr_at(1, cfg)
+    got = [lr_at(e, cfg) for e in range(10)]
+    want = [1e-5, 0.002, 0.001951, 0.001809, 0.001588, 0.001309, 0.001, 0.000691, 0.000412,
+            0.000191]
+    assert got == pytest.approx(want, abs=1e-6)
+    # the same from torch's own cosine scheduler, wrapped the way Dassl wraps it
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    dassl = [1e-5, opt.param_groups[0]["lr"]]
+    for _ in range(8):
+        cosine.step()
+        dassl.append(opt.param_groups[0]["lr"])
+    assert got == pytest.approx(dassl, rel=1e-9)
+    # no warm-up when there is a single epoch
+    one = TrainConfig(method="coop", epochs=1, lr=0.002).resolved()
+    assert lr_at(0, one) == 0.002
 
 
 def test_aggregate_mean_std():
@@ -198,9 +298,12 @@ def test_feature_cache_equals_straightforward_path(tiny_root, tmp_path, method):
 
 
 def test_resume_with_augmented_cache(tiny_root, tmp_path, monkeypatch):
-    """The cached views depend on the seed only, so a resumed run sees the same views."""
+    """The cached views depend on the seed only, so a resumed run sees the same views and
+    trains only what is left."""
     cfg = dict(method="coop", backbone="pv-tiny", dataset="dtd", data_root=str(tiny_root),
-               shots=4, epochs=2, batch_size=4, progress=False, cache_views=2)
-    run(TrainConfig(out=str(tmp_path / "a"), **cfg))
-    run(TrainConfig(out=str(tmp_path / "b"), **{**cfg, "epochs": 1}))
+               shots=4, epochs=3, batch_size=4, progress=False, cache_views=3, augment=True)
+    full, _ = _counted_run(cfg, tmp_path / "a", monkeypatch)
+    _interrupted(cfg, tmp_path / "b", monkeypatch)
+    resumed, steps = _counted_run(cfg, tmp_path / "b", monkeypatch)
+    assert steps == 6 and torch.equal(_ctx(tmp_path / "a"), _ctx(tmp_path / "b"))
     assert not (tmp_path / "b" / "resume.pt").exists()

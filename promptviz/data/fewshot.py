@@ -6,15 +6,20 @@ keeps the first ceil(C/2) classes and ``"new"`` the rest, relabelled from 0.
 The base-to-novel protocol applies them in that order: few-shot first, on all
 classes, then the class split.
 
-The choice of images depends only on (dataset name, split hash, K, seed,
-label): each class's images are sorted by path and drawn with
-``random.Random("name|hash|K|seed|label")``. A string seed goes through
-SHA-512 inside Python, so the draw is the same on every machine and run, and
-no other code touching the global RNG can change it.
+The choice of images depends only on the data (its split hash, a hash of the
+split's *content*), K, the seed and the label, never on the dataset's name or
+folder: each class's images are sorted by path and drawn with
+``random.Random("hash|K|seed|label")`` (validation shots: ``"hash|K|seed|label|val"``).
+A string seed goes through SHA-512 inside Python, so the draw is the same on
+every machine and run, no other code touching the global RNG can change it, and a
+renamed dataset folder (or card ``name``) draws the same shots as before.
 
 The draw is cached as JSON of paths *relative to the dataset folder*
 (``<root>/promptviz_fewshot/shots16_seed1_<hash>.json``), so the cache survives
 moving the folder, and a changed split file (new hash) never reuses a stale one.
+The cache records which draw wrote it (:data:`DRAW`): one written by another draw
+(before version 2 the dataset's name was part of the seed) is ignored and replaced,
+so the cached and the freshly drawn shots are always the same.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from promptviz.errors import PromptvizError
 
 VAL_SHOTS_MAX = 4
 CACHE_DIRNAME = "promptviz_fewshot"
+# The draw's seed string, stored in every cache file: a cache written by another draw is
+# not reused. Bump the version whenever what a draw depends on changes.
+DRAW = "2: split_hash|K|seed|label"
 
 
 def _derived_hash(parent: str, operation: str) -> str:
@@ -50,14 +58,15 @@ def _by_label(samples: list[Sample]) -> dict[int, list[Sample]]:
 
 
 def _sample_split(ds: Dataset, samples: list[Sample], k: int, seed: int, tag: str) -> list[Sample]:
-    """K samples per class, drawn by a per-class RNG seeded with a string."""
+    """K samples per class, drawn by a per-class RNG seeded with a string of the split's
+    content hash, K, the seed and the label (see :data:`DRAW`): never the dataset's name."""
     chosen = []
     for label, group in sorted(_by_label(samples).items()):
         group = sorted(group, key=lambda s: s.impath)
         if len(group) <= k:
             chosen += group
             continue
-        rng = random.Random(f"{ds.name}|{ds.split_hash}|{k}|{seed}|{label}{tag}")
+        rng = random.Random(f"{ds.split_hash}|{k}|{seed}|{label}{tag}")
         chosen += sorted(rng.sample(group, k), key=lambda s: s.impath)
     return chosen
 
@@ -86,8 +95,9 @@ def _read_cache(ds: Dataset, shots: int, seed: int) -> tuple[list[Sample], list[
     for path in cache_paths(ds, shots, seed):
         try:
             data = json.loads(path.read_text())
-            if (data["split_hash"], data["shots"], data["seed"]) != (ds.split_hash, shots, seed):
-                continue
+            if (data["split_hash"], data["shots"], data["seed"], data.get("draw")) != (
+                    ds.split_hash, shots, seed, DRAW):
+                continue          # another split, K, seed or draw: sample again
             out = []
             for split in ("train", "val"):
                 index = {_relative(s.impath, Path(ds.root)): s for s in getattr(ds, split)}
@@ -104,6 +114,7 @@ def _write_cache(
     root = Path(ds.root)
     data = {
         "dataset": ds.name, "split_hash": ds.split_hash, "shots": shots, "seed": seed,
+        "draw": DRAW,
         "train": [_relative(s.impath, root) for s in train],
         "val": [_relative(s.impath, root) for s in val],
     }

@@ -30,16 +30,30 @@ from torch import Tensor, nn
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
 
+SELECTIONS = ("last", "best_val")
+
 
 @dataclasses.dataclass
 class TrainDefaults:
-    """Per-method optimiser defaults (the authors' scripts), overridable from the CLI."""
+    """Per-method training defaults (the authors' configs and scripts), overridable from the
+    CLI. ``by_dataset`` holds the authors' per-dataset schedules, keyed ``"<name>/<protocol>"``
+    with the dataset's name (``Dataset.name``, CoOp's folder name, e.g. ``"imagenet/base2new"``);
+    its entries override the fields above for that dataset and protocol. See the README's
+    fidelity table."""
 
     epochs: int = 10
     lr: float = 0.002
     optimizer: str = "sgd"
     batch_size: int = 32
     adam_eps: float = 1e-8
+    select: str = "last"                # final model: "last" epoch | "best_val" (Dassl)
+    eval_batch_size: int = 128          # test batch; part of the method where predictions
+                                        # depend on batch-mates (SEP's faithful mode)
+    by_dataset: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def for_dataset(self, dataset: str | None, protocol: str) -> TrainDefaults:
+        """These defaults with the authors' schedule for ``dataset`` under ``protocol``."""
+        return dataclasses.replace(self, **self.by_dataset.get(f"{dataset}/{protocol}", {}))
 
 
 class Method(nn.Module):
@@ -104,6 +118,12 @@ class Method(nn.Module):
 
     def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         return self.loss_from(self.encode_images(images, train=True), labels)
+
+    @classmethod
+    def dataset_options(cls, dataset: str) -> dict[str, Any]:
+        """Option defaults the authors' code sets for ``dataset`` (``Dataset.name``, e.g.
+        ``"fgvc_aircraft"``); applied by training unless the user set them. None by default."""
+        return {}
 
     def prepare(self, loader: Iterable) -> None:
         """Called once before the first training epoch with the training loader (not on

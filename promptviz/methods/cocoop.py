@@ -3,6 +3,12 @@
 A meta-net maps each image feature to a bias ``π(x)`` added to every context
 vector, ``v_m(x) = v_m + π(x)``, so text features become per-image ``[B, C, d]``
 and the text tower runs ``B·C`` sequences per batch (why it is much slower).
+
+CoCoOp takes CoOp's options (it inherits them) except ``class_specific=true``: the
+meta-net's bias is per image and shared across classes, added to one shared context,
+as in the paper and the authors' code; class-specific context (CSC) is a CoOp option.
+Building CoCoOp with it raises a :class:`~promptviz.errors.PromptvizError`, before
+anything is trained or written.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from promptviz.backbone import Backbone
+from promptviz.errors import PromptvizError
 from promptviz.methods.base import TrainDefaults
 from promptviz.methods.coop import CoOp, CoOpOptions
 
 
 @dataclasses.dataclass
 class CoCoOpOptions(CoOpOptions):
+    """CoOp's options (``class_specific`` must stay false, see the module) and the chunk."""
+
     images_per_chunk: int = 8   # images whose B·C prompts go through the text tower at once
 
 
@@ -31,6 +40,12 @@ class CoCoOp(CoOp):
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str,
                  options: CoCoOpOptions | None = None) -> None:
+        if options is not None and options.class_specific:
+            raise PromptvizError(
+                "cocoop does not support class_specific=true: CoCoOp's meta-net adds one bias "
+                "per image, shared across classes, to a single shared context, so there is no "
+                "per-class context to condition. Drop --set class_specific=true, or use "
+                "--method coop for class-specific context (CSC).")
         super().__init__(backbone, classnames, template, options)
         d, width = backbone.embed_dim, backbone.text_width
         self.meta_net = nn.Sequential(OrderedDict([            # Linear(d→d/16) → ReLU → Linear

@@ -11,6 +11,7 @@ import dataclasses
 import torch.nn.functional as F
 from torch import Tensor
 
+from promptviz.methods.base import TrainDefaults
 from promptviz.methods.coop import CoOp, CoOpOptions
 
 
@@ -22,6 +23,8 @@ class KgCoOpOptions(CoOpOptions):
 class KgCoOp(CoOp):
     name = "kgcoop"
     Options = KgCoOpOptions
+    # the authors' base-to-novel config (vit_b16_ep100_ctxv1): SGD 0.002, batch 128, 100 epochs
+    defaults = TrainDefaults(epochs=100, lr=0.002, optimizer="sgd", batch_size=128)
 
     def set_classnames(self, classnames: list[str], template: str | None = None) -> None:
         super().set_classnames(classnames, template)

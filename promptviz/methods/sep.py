@@ -19,16 +19,23 @@ The final features are a residual ensemble with frozen CLIP,
 the loss adds three regularisers (KgCoOp's text term, a visual consistency term,
 and an auxiliary prototype classifier ``W_fc``).
 
-``mode="faithful"`` (default) is the authors' code: their attention module is
-sequence-first but receives ``[B, K, W]`` tensors, so **for each prompt slot it
-attends across the images of the batch** (text: across the classes), and the
-visual top-K is chosen once per batch. A test image's prediction therefore depends
-on the other images in its batch. ``mode="per_sample"`` is the paper's reading:
-each image attends over its own K selected tokens, which it chooses itself.
+Two code-vs-paper switches, each on its own (``mode`` sets both at once):
+
+* ``attention="batch"`` (the authors' code): their attention module is sequence-first
+  but receives ``[B, K, W]`` tensors, so **for each prompt slot it attends across the
+  images of the batch** (text: across the classes); ``"sample"`` attends within each
+  image over its own K selected tokens (the paper's reading);
+* ``selection="batch"`` (code): the visual top-K is chosen once per batch from the
+  batch-mean scores; ``"image"``: each image chooses its own.
+
+With either on "batch", a test image's prediction depends on the other images in its
+batch, which is why SEP's evaluation batch (500, the authors') is part of the method.
+``mode="faithful"`` is batch/batch, ``mode="per_sample"`` sample/image.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -44,7 +51,16 @@ from promptviz.errors import PromptvizError
 from promptviz.methods.base import Method, TrainDefaults, zero_shot_text_features
 from promptviz.methods.coop import PromptLearner
 
-MODES = ("faithful", "per_sample")
+MODES = {"faithful": ("batch", "batch"), "per_sample": ("sample", "image")}  # (attention,
+                                                                              #  selection)
+# SEP's own hand-crafted templates for t0 where they differ from CoOp's (the authors' code;
+# every other dataset uses the dataset's CoOp template), keyed by the dataset's name.
+SEP_TEMPLATES = {
+    "fgvc_aircraft": "a photo of an aircraft {}.",
+    "dtd": "a photo of a {}, a type of texture.",
+    "stanford_cars": "a photo of a {}, a type of car.",
+    "food-101": "a photo of a {}, a type of food.",
+}
 
 
 @dataclasses.dataclass
@@ -52,7 +68,10 @@ class SEPOptions:
     n_text: int = 6                         # K_t text prompt tokens, "X X X X X X {class}."
     n_visual: int = 4                       # K_v visual prompt tokens after CLS + patches
     layers: tuple[int, ...] | None = None   # blocks before which prompts are rebuilt; None = 1..L-1
-    mode: str = "faithful"                  # faithful (authors' code) | per_sample (paper)
+    mode: str = "faithful"                  # shorthand for the two below: faithful =
+                                            # batch/batch (code), per_sample = sample/image
+    attention: str | None = None            # TFM attends across the "batch" | within "sample"
+    selection: str | None = None            # visual top-K per "batch" | per "image"
     mlp_hidden: int = 256                   # TFM MLP width
     s_init: float = 0.75                    # initial s1, s2
     kg_weight: float = 8.0                  # text consistency 1 − cos(t̂, t0)
@@ -72,8 +91,20 @@ class SEPOptions:
                                      "list of block indices, e.g. layers=4,8") from None
         elif self.layers is not None:       # a list from meta.json
             self.layers = tuple(int(v) for v in self.layers)
-        if self.mode not in MODES:
-            raise PromptvizError(f"option mode={self.mode!r}; use one of {MODES}")
+        explicit = self.attention is not None and self.selection is not None
+        if self.mode not in MODES and not (self.mode == "mixed" and explicit):
+            raise PromptvizError(f"option mode={self.mode!r}; use one of {list(MODES)}, or set "
+                                 "attention=batch|sample and selection=batch|image")
+        attention, selection = MODES.get(self.mode, (None, None))
+        self.attention = self.attention or attention
+        self.selection = self.selection or selection
+        if self.attention not in ("batch", "sample"):
+            raise PromptvizError(f"option attention={self.attention!r}; use batch or sample")
+        if self.selection not in ("batch", "image"):
+            raise PromptvizError(f"option selection={self.selection!r}; use batch or image")
+        # the name of what was chosen: a named mode, or "mixed" for one switch alone
+        self.mode = next((m for m, v in MODES.items() if v == (self.attention, self.selection)),
+                         "mixed")
         if self.n_text < 1 or self.n_visual < 1:
             raise PromptvizError("n_text and n_visual must be at least 1")
 
@@ -133,8 +164,12 @@ class SEP(Method):
     name = "sep"
     Options = SEPOptions
     cacheable = False            # the prompted image pass depends on trainable parameters
-    defaults = TrainDefaults(epochs=50, lr=0.0025, optimizer="adam", batch_size=32,
-                             adam_eps=1e-3)
+    defaults = TrainDefaults(  # configs/trainers/SEP/*.yaml and scripts/ of the authors
+        epochs=50, lr=0.0025, optimizer="adam", batch_size=32, adam_eps=1e-3,
+        eval_batch_size=500,
+        by_dataset={"imagenet/base2new": {"batch_size": 128, "epochs": 10},
+                    "sun397/base2new": {"batch_size": 128, "epochs": 10},
+                    "imagenet/fewshot": {"epochs": 3}})    # the cross-dataset source model
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str,
                  options: SEPOptions | None = None) -> None:
@@ -149,21 +184,29 @@ class SEP(Method):
         if o.n_visual > n_image_tokens:
             raise PromptvizError(f"n_visual={o.n_visual} exceeds the {n_image_tokens} image "
                                  "tokens it selects from")
-        batch_attention = o.mode == "faithful"
+        batch_attention = o.attention == "batch"
 
-        def tfm(width: int) -> TokenFusion:
-            return TokenFusion(width, None, o.mlp_hidden, o.s_init, batch_attention).to(dev)
+        def tfms(width: int, layers: tuple[int, ...]) -> nn.ModuleDict:
+            """One TFM per layer, all starting from the same draw (the authors deep-copy one)."""
+            first = TokenFusion(width, None, o.mlp_hidden, o.s_init, batch_attention).to(dev)
+            return nn.ModuleDict({str(v): copy.deepcopy(first) for v in layers})
 
         self.prompt = PromptLearner(backbone, o.n_text, "", len(classnames))  # v_k ~ N(0, 0.02)
         self.visual_prompt = nn.Parameter(
             torch.empty(o.n_visual, info.vision_width, device=dev).normal_(0.0, 0.02))
-        self.text_tfm = nn.ModuleDict({str(v): tfm(info.text_width) for v in self.text_layers})
-        self.vis_tfm = nn.ModuleDict({str(v): tfm(info.vision_width) for v in self.vis_layers})
+        self.text_tfm = tfms(info.text_width, self.text_layers)
+        self.vis_tfm = tfms(info.vision_width, self.vis_layers)
         # Auxiliary prototype classifier of the *training* classes (unused at test time).
         self.proto_classes = list(classnames)
         self.W_fc = nn.Parameter(torch.zeros(len(classnames), info.embed_dim, device=dev))
         self.register_buffer("proto_count", torch.zeros(len(classnames), device=dev))
+        self._prototypes_ready = False      # host-side flag: no device sync in the step
         self.set_classnames(classnames, template)
+
+    @classmethod
+    def dataset_options(cls, dataset: str) -> dict[str, Any]:
+        """SEP's own template for ``t0`` on the four datasets where it differs from CoOp's."""
+        return {"template": SEP_TEMPLATES[dataset]} if dataset in SEP_TEMPLATES else {}
 
     def set_classnames(self, classnames: list[str], template: str | None = None) -> None:
         """New candidate classes: new prompts' frozen parts and new ``t0``; ``W_fc`` is kept."""
@@ -179,7 +222,7 @@ class SEP(Method):
         """``hook(layer, x)`` for one forward of one tower; fills ``record[layer]`` if given."""
         fusers = self.text_tfm if tower == "txt" else self.vis_tfm
         k = self.options.n_text if tower == "txt" else self.options.n_visual
-        per_sample = self.options.mode == "per_sample"
+        per_image = self.options.selection == "image"
 
         def hook(layer: int, x: Tensor) -> Tensor:
             if str(layer) not in fusers:
@@ -194,7 +237,7 @@ class SEP(Method):
                 n = x.shape[1] - k
                 p = x[:, n:]
                 scores = x[:, :n].detach().float().pow(2).mean(-1)  # [B, N] mean squared act.
-                if per_sample:                  # top-K per image
+                if per_image:                   # top-K per image
                     idx = scores.topk(k, dim=-1).indices          # [B, K]
                     t = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
                 else:                           # authors: top-K of the batch-mean score
@@ -252,7 +295,9 @@ class SEP(Method):
     # -- prototype classifier -----------------------------------------------------
     @torch.no_grad()
     def init_prototypes(self, data: Iterable | tuple[Tensor, Tensor]) -> None:
-        """``W_fc[c]`` = mean normalised frozen image feature of class ``c``.
+        """``W_fc[c]`` = norm(mean normalised frozen image feature of class ``c``), unit rows
+        as in the authors' code (Adam with eps 1e-3 and weight decay is not scale-invariant,
+        so the rows' norm changes how the prototypes train).
 
         ``data`` is a loader of ``(images, labels, …)`` batches (one pass, as the
         authors do), or a pair ``(features [N, d] or images [N, 3, H, W], labels [N])``.
@@ -265,8 +310,9 @@ class SEP(Method):
             sums.index_add_(0, y, f.float())
             counts.index_add_(0, y, torch.ones_like(y, dtype=counts.dtype))
         seen = counts > 0
-        self.W_fc[seen] = sums[seen] / counts[seen, None]
+        self.W_fc[seen] = F.normalize(sums[seen] / counts[seen, None], dim=-1)
         self.proto_count.copy_(counts)
+        self._prototypes_ready = bool(seen.all())
 
     def prepare(self, loader: Iterable) -> None:
         """One pass over the training data initialises the prototypes (authors' code)."""
@@ -274,12 +320,18 @@ class SEP(Method):
 
     @torch.no_grad()
     def _lazy_prototypes(self, f0: Tensor, labels: Tensor) -> None:
-        """Without :meth:`init_prototypes`, a class's prototype is the mean frozen feature of
-        the first training batch that contains it (a one-batch estimate of the class mean)."""
+        """Without :meth:`init_prototypes`, a class's prototype is the (normalised) mean
+        frozen feature of the first training batch that contains it. Runs only until every
+        class has one: after that the step checks a host-side flag, with no device sync."""
         for c in labels.unique():
             if self.proto_count[c] == 0:
-                self.W_fc[c] = f0[labels == c].mean(0)
+                self.W_fc[c] = F.normalize(f0[labels == c].mean(0), dim=-1)
                 self.proto_count[c] = (labels == c).sum()
+        self._prototypes_ready = bool((self.proto_count > 0).all())
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        super().load_trainable_state(state)
+        self._prototypes_ready = bool((self.proto_count > 0).all())
 
     # -- training objective ---------------------------------------------------------
     def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -294,7 +346,8 @@ class SEP(Method):
         ce = F.cross_entropy(logits, labels)
         kg = 1.0 - F.cosine_similarity(text, self.t0, dim=-1).mean()  # 1 − mean_c cos(t̂, t0)
         vis = 1.0 - F.cosine_similarity(f0, f, dim=-1).mean()        # 1 − mean_b cos(f0, f̂)
-        self._lazy_prototypes(f0, labels)
+        if not self._prototypes_ready:
+            self._lazy_prototypes(f0, labels)
         w = F.normalize(self.W_fc.float(), dim=-1)
         proto = (F.cross_entropy(o.proto_scale * f @ w.t(), labels)   # CE(10·cos(f̂, W_fc))
                  + F.cross_entropy(o.proto_scale * f0 @ w.t(), labels))  # + CE(10·cos(f0, W_fc))
@@ -317,5 +370,6 @@ class SEP(Method):
         text: dict[int, dict] = {}
         self.encode_image_prompted(images, record=vision)
         self.encode_text(record=text)
-        return {"mode": self.options.mode, "grid": tuple(self.backbone.grid_size),
+        return {"mode": self.options.mode, "attention_over": self.options.attention,
+                "selection_per": self.options.selection, "grid": tuple(self.backbone.grid_size),
                 "vision": vision, "text": text}

@@ -34,7 +34,6 @@ from promptviz.methods.base import Method, TrainDefaults
 from promptviz.methods.kgcoop import KgCoOpOptions
 
 BASES = ("coop", "kgcoop")  # wrappable: text-prompt methods with image-independent text
-CACHE_SEED = 0              # the cache's random initialisation is the same on every build
 CHOICES = {"local_text": ("unrefined", "refined"), "local_tokens": ("cls_topk_mean", "topk"),
            "write_tokens": ("all", "patches"), "cache_update": ("momentum", "gradient")}
 
@@ -91,7 +90,8 @@ def feature_alignment(d: int) -> nn.Sequential:
 class TextRefiner(Method):
     name = "textrefiner"
     Options = TextRefinerOptions
-    defaults = TrainDefaults(epochs=10, lr=0.002, optimizer="sgd", batch_size=32)
+    defaults = TrainDefaults(epochs=10, lr=0.002, optimizer="sgd", batch_size=32,
+                             select="best_val")    # TEST.FINAL_MODEL: best_val in its config
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str,
                  options: TextRefinerOptions | None = None) -> None:
@@ -110,8 +110,9 @@ class TextRefiner(Method):
         d = backbone.embed_dim
         self.align = feature_alignment(d).to(backbone.device)          # training only
         self.W = nn.Linear(2 * d, d, bias=False).to(backbone.device)   # aggregation
-        gen = torch.Generator().manual_seed(CACHE_SEED)
-        cache = F.normalize(torch.rand(o.n_slots, d, generator=gen), dim=-1)  # A = norm(U[0,1))
+        # A = norm(U[0,1)), drawn from the global generator that the run's seed set (as the
+        # authors do), so each seed starts from its own cache
+        cache = F.normalize(torch.rand(o.n_slots, d), dim=-1)
         cache = cache.to(backbone.device)
         if o.cache_update == "gradient":
             self.cache = nn.Parameter(cache)                # paper story: A learned by backprop

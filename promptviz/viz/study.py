@@ -1,7 +1,11 @@
 """Views of a ``promptviz compare`` study: a text table, a transfer pivot, base vs novel.
 
 All three take the table :func:`promptviz.compare.summarise` returns (plain dicts
-with ``method``, ``dataset``, ``shots``, the metrics and their ``*_std``).
+with ``method``, ``dataset``, ``shots``, the metrics and their ``*_std``). They show
+each row's ``hm`` as it is, and the table holds one HM convention
+(:data:`promptviz.evaluate.HM_CONVENTION`): a row's HM is the harmonic mean of that row's
+own (seed- or dataset-averaged) base and novel accuracies, as in the papers' tables, and
+the ``± std`` shown next to it is the std of the per-seed HMs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ def format_study(table: Sequence[dict[str, Any]], digits: int = 1,
                  methods: Sequence[str] | None = None) -> str:
     """A plain-text table, one line per (method, dataset, shots): base / novel / HM for
     base-to-novel rows, accuracy otherwise; ``± std`` where there are several seeds.
+    HM is the HM of the row's own base and novel (:data:`~promptviz.evaluate.HM_CONVENTION`);
+    its ``± std`` is the std of the per-seed HMs.
 
     ``methods`` orders the rows (each method's datasets, then its average row); by
     default the table's own order.

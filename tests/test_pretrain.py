@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 from safetensors.torch import load_file
@@ -45,13 +46,38 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         pretrain(_cfg(part, steps=6))
     except KeyboardInterrupt:
         pass
-    assert torch.load(part / "state.pt", weights_only=False)["step"] == 4
+    assert torch.load(part / "state.pt", weights_only=True)["step"] == 4
     assert not (part / "toyclip.safetensors").exists()
-    monkeypatch.setattr(pt, "clip_loss", original)
+    shutil.copytree(part, tmp_path / "perturbed")
+    counted = {"n": 0}
+
+    def counting(*args, **kw):
+        counted["n"] += 1
+        return original(*args, **kw)
+
+    monkeypatch.setattr(pt, "clip_loss", counting)
+    real_load = torch.load
+
+    def gpu_like_load(path, *args, map_location=None, **kw):
+        """A GPU stand-in: a state mapped anywhere but the CPU lands on the meta device,
+        where set_state / load_state_dict fail as the GPU's RNG states did."""
+        return real_load(path, *args, map_location="cpu" if map_location == "cpu" else "meta",
+                         **kw)
+
+    monkeypatch.setattr(torch, "load", gpu_like_load)
     pretrain(_cfg(part, steps=6))
+    monkeypatch.setattr(torch, "load", real_load)
+    assert counted["n"] == 2                     # steps 5 and 6 only: it resumed
     a = load_file(tmp_path / "full" / "toyclip.safetensors")
     b = load_file(part / "toyclip.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the saved state is what the resumed run starts from: change it and the result moves
+    state = torch.load(tmp_path / "perturbed" / "state.pt", weights_only=True)
+    state["model"]["text_projection"] += 0.01
+    torch.save(state, tmp_path / "perturbed" / "state.pt")
+    pretrain(_cfg(tmp_path / "perturbed", steps=6))
+    c = load_file(tmp_path / "perturbed" / "toyclip.safetensors")
+    assert not torch.equal(a["text_projection"], c["text_projection"])
     # the clock goes on across the resume: "seconds" is the run's total training time
     seconds = [e["seconds"] for e in json.loads((part / "pretrain_log.json").read_text())["log"]]
     assert len(seconds) == 3 and seconds == sorted(seconds)

@@ -74,3 +74,19 @@ def test_the_shipped_card_is_rendered_from_its_measurements():
     assert model_card(card, prov) == (folder / "MODEL_CARD.md").read_text()
     assert quality_bars(card["zero_shot"], card["zeroshot_b2n"], card["coop_b2n"],
                         card["headroom"]) == card["bars"]
+
+
+def test_readme_quotes_the_cards_coop_gains():
+    """The README's status paragraph quotes the card's CoOp gains; re-read them here."""
+    from pathlib import Path
+
+    from promptviz.modelcard import CARD_JSON
+    card = json.loads((TOYCLIP_WEIGHTS.parent / CARD_JSON).read_text())
+    gains = {z["dataset"]: c["base_acc"] - z["base_acc"]
+             for z, c in zip(card["zeroshot_b2n"], card["coop_b2n"])}
+    others = [g for name, g in gains.items() if name != "toy_paints"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = " ".join(readme.split())
+    assert f"+{card['bars']['coop_base_gain_mean']:.1f} points over zero-shot" in readme
+    assert f"ToyPaints (+{gains['toy_paints']:.1f})" in readme
+    assert f"CoOp gains +{sum(others) / len(others):.1f} on average" in readme

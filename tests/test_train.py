@@ -199,6 +199,7 @@ def test_schedule_is_dassls_warmup_then_cosine_from_the_full_rate():
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
     dassl = [1e-5, opt.param_groups[0]["lr"]]
     for _ in range(8):
+        opt.step()                          # an epoch's steps, then the scheduler's
         cosine.step()
         dassl.append(opt.param_groups[0]["lr"])
     assert got == pytest.approx(dassl, rel=1e-9)

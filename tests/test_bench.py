@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -240,3 +241,19 @@ def test_load_average_is_read_before_and_after_measuring(tmp_path, monkeypatch):
                                          out=str(tmp_path / "b.json")))
     assert res["load_average_at_start"] == [0.5, 0.5, 0.5]
     assert res["load_average_at_end"] == [99.0, 99.0, 99.0] and res["busy_machine"]
+
+
+def test_benchmarks_readme_quotes_the_committed_vit_b16_run():
+    """The ViT-B/16 CPU ratios in benchmarks/README.md are the committed JSON's."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    run = json.loads((root / "results" / "vit-b16-cpu.json").read_text())
+    readme = (root / "README.md").read_text()
+    assert not run["busy_machine"]
+    for m in run["methods"]:
+        name = {"coop": "CoOp", "textrefiner": "TextRefiner"}[m["method"]]
+        r, c = m["ratios"], m["ratios_cpu_time"]
+        assert (f"| {name} | {r['train']:.2f}× | {c['train']:.2f}× | "
+                f"{r['train_amortised']:.2f}× | {r['eval']:.2f}× |") in readme
+    coop = next(m for m in run["methods"] if m["method"] == "coop")
+    top = " ".join((root.parent / "README.md").read_text().split())
+    assert f"CoOp trains {coop['ratios']['train']:.2f}× faster from the feature cache" in top

@@ -300,8 +300,13 @@ class Backbone(nn.Module):
 
 
 # ---------------------------------------------------------------------- loading
-def load_clip(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Backbone:
+def load_clip(spec: str, device: str | torch.device = "cpu", seed: int = 0,
+              random_weights: bool = False) -> Backbone:
     """Load a frozen CLIP backbone from a spec string (see module docstring).
+
+    An open_clip model name without a tag (``ViT-B-16``) names an architecture, not
+    weights: it is an error unless ``random_weights`` (benchmarks and shape checks, where
+    random weights cost the same), so a forgotten ``:openai`` never trains on noise.
 
     When the weights come from a file or a pretrained tag, one line on stderr says which
     activation the towers use and why (also kept in ``Backbone.activation`` and
@@ -315,6 +320,13 @@ def load_clip(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> B
     if spec in BUILTIN:
         model, why = _load_builtin(spec, seed), f"the {spec} config's activation"
     elif resolved is not None:
+        if not tag and not random_weights:
+            tags = open_clip.list_pretrained_tags_by_model(resolved[0])
+            example = f"{name}:{tags[0]}" if tags else f"{name}:/path/to/weights"
+            raise PromptvizError(
+                f"--backbone {spec} names an architecture without weights (random weights "
+                f"would classify at chance); add a pretrained tag, e.g. {example} (known: "
+                f"{', '.join(tags) or 'none'}), or a weight file as {name}:/path/to/weights")
         model, why = _load_open_clip(name, *resolved, tag or None, seed)
     elif os.path.sep in spec or Path(spec).suffix in WEIGHT_SUFFIXES:
         model, why = _load_file(Path(spec).expanduser())
@@ -420,11 +432,13 @@ def _load_named_file(name: str, cfg_name: str, quick: bool, by_name: bool, why: 
     if not quick:
         why += (" (a state dict does not record its activation: for OpenAI's weights pass "
                 f"{cfg_name}{QUICK}:{path})")
+    state = _read_state(path)             # refuses pickled code and unreadable files first
     try:
         return _create(cfg_name, seed, pretrained=str(path), quick_gelu=quick), why
-    except (RuntimeError, AssertionError, KeyError, ValueError) as e:
+    except Exception as e:                # open_clip's loader also resizes position tables
+        _fit(_create(cfg_name, seed, quick_gelu=quick), state, path, name)   # says what misfits
         raise PromptvizError(f"the weights in {path} do not fit {name}: {_first_line(e)}; "
-                             "check the model name matches the file") from None
+                             "check that the model name matches the file") from None
 
 
 def _openai_content(path: Path) -> tuple[str, str] | None:
@@ -462,9 +476,10 @@ def _state_keys(path: Path) -> set[str]:
     """The entry names of a saved state dict, read without loading its tensors where the
     format allows (memory-mapped); an empty set for a file torch cannot read."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            return set(f.keys())
+        try:
+            return set(_safetensors_header(path)[0])
+        except PromptvizError:
+            return set()          # the loader reports what is wrong with the file
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # an older format, or no state dict: the loader reports what it can
@@ -491,14 +506,17 @@ def _load_file(path: Path) -> tuple[nn.Module, str]:
         raise PromptvizError(f"backbone file {path} does not exist; check the path, or use "
                              "--backbone toyclip / NAME:TAG")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        meta = _safetensors_header(path)[1]
         if "open_clip_config" not in meta:
             raise PromptvizError(
                 f"{path} carries no model config; pass it as NAME:{path} (e.g. ViT-B-16:{path})")
-        cfg = json.loads(meta["open_clip_config"])
-        model = open_clip.CLIP(**_cfg_kwargs(cfg))
+        try:
+            model = open_clip.CLIP(**_cfg_kwargs(json.loads(meta["open_clip_config"])))
+        except Exception as e:   # bad JSON, missing keys, values open_clip cannot build
+            raise PromptvizError(
+                f"the model config stored in {path} is not a valid open_clip config "
+                f"({type(e).__name__}: {_first_line(e)}); re-export the file, or pass it as "
+                f"NAME:{path} with the open_clip model name") from None
         _fit(model, _read_state(path), path)
         return model, f"the config stored in {path.name}"
     # A bare path is OpenAI's CLIP (JIT archive or its state dict): QuickGELU, unless the
@@ -527,16 +545,47 @@ def _cfg_kwargs(cfg: dict) -> dict:
             "text_cfg": cfg["text_cfg"], "quick_gelu": cfg.get("quick_gelu", False)}
 
 
-def _read_state(path: Path) -> dict[str, Tensor]:
+def _safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The tensor names and the metadata of a safetensors file, read from its header."""
+    from safetensors import safe_open
     try:
-        return open_clip.factory.load_state_dict(str(path))
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys()), dict(f.metadata() or {})
+    except Exception as e:       # truncated, corrupt, or not safetensors at all
+        raise PromptvizError(f"{path} is not a readable safetensors file ({_first_line(e)}); "
+                             "it may be truncated: copy or export it again") from None
+
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    """A state dict from a weight file; pickled code is never run (``weights_only``)."""
+    try:
+        state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as e:
-        raise PromptvizError(f"{path} is not a readable weight file: {_first_line(e)}") from None
+        raise PromptvizError(
+            f"{path} is not a readable weight file ({type(e).__name__}: {_first_line(e)}); "
+            "give a state dict or safetensors file (objects that need code to unpickle are "
+            "refused)") from None
+    if not isinstance(state, dict) or not state:
+        raise PromptvizError(f"{path} holds no state dict of tensors; give the weights file")
+    return state
 
 
 def _fit(model: nn.Module, state: dict[str, Tensor], path: Path, name: str = "this model"
          ) -> None:
+    """Load ``state`` strictly; when it does not fit, say what is missing, what is extra and
+    what has another shape, with a few names of each."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape]
+    if missing or extra or shapes:
+        parts = [f"{len(x)} {what} (e.g. {', '.join(x[:3])})" for x, what in
+                 ((missing, "missing"), (extra, "unexpected"), (shapes, "of another shape"))
+                 if x]
+        raise PromptvizError(f"the weights in {path} do not fit {name}: {'; '.join(parts)}; "
+                             "check that the model name matches the file")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -602,7 +602,7 @@ def bench(cfg: BenchConfig) -> dict[str, Any]:
     cfg = cfg.resolved(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    bb = load_clip(cfg.backbone, device)
+    bb = load_clip(cfg.backbone, device, random_weights=True)   # same shapes, same cost
     classnames = [f"class {i}" for i in range(cfg.classes)]
     attn = {type(b.attn).__name__ for b in bb.model.visual.transformer.resblocks}
     macs = image_tower_macs(bb)

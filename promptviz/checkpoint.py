@@ -62,25 +62,54 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(out: Path, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write the trainable state and its metadata into folder ``out`` (write, then rename)."""
+    """Write the trainable state and its metadata into folder ``out``: both files go to
+    temporary names first and are renamed only when both are whole, so a failure (a full
+    disk) never leaves weights without their ``meta.json``, or the reverse."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    atomic_write(out / WEIGHTS, lambda tmp: save_file(
-        tensors, str(tmp), metadata={"method": str(meta.get("method", ""))}))
-    atomic_write_text(out / META, json.dumps(meta, indent=2))
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_w, tmp_m = out / f".{WEIGHTS}.{tag}.tmp", out / f".{META}.{tag}.tmp"
+    try:
+        save_file(tensors, str(tmp_w), metadata={"method": str(meta.get("method", ""))})
+        tmp_m.write_text(json.dumps(meta, indent=2))
+        (out / META).unlink(missing_ok=True)     # never the new weights beside the old meta
+        os.replace(tmp_w, out / WEIGHTS)
+        os.replace(tmp_m, out / META)
+    except BaseException:
+        tmp_w.unlink(missing_ok=True)
+        tmp_m.unlink(missing_ok=True)
+        raise
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read ``(state, meta)`` from a checkpoint folder (or its ``model.safetensors``)."""
+META_KEYS = ("method", "options", "backbone", "dataset", "protocol", "shots", "seed",
+             "classnames", "template", "config")
+
+
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()
+                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read ``(state, meta)`` from a checkpoint folder (or its ``model.safetensors``);
+    ``meta`` must hold the ``required`` keys (``META_KEYS``: all that ``promptviz train``
+    writes)."""
     path = Path(path)
     folder = path.parent if path.is_file() else path
-    weights, meta = folder / WEIGHTS, folder / META
-    if not weights.is_file() or not meta.is_file():
+    weights, meta_path = folder / WEIGHTS, folder / META
+    if not weights.is_file() or not meta_path.is_file():
         raise PromptvizError(
             f"no checkpoint in {folder}: expected {WEIGHTS} and {META} there (written by "
             "`promptviz train --out DIR`); check the --checkpoint path")
     try:
-        return load_file(str(weights)), json.loads(meta.read_text())
+        state, meta = load_file(str(weights)), json.loads(meta_path.read_text())
     except Exception as e:
-        raise PromptvizError(f"checkpoint {folder} is unreadable ({e}); re-run the training "
-                             "that wrote it") from None
+        raise PromptvizError(f"checkpoint {folder} is unreadable ({_first_line(e)}); re-run "
+                             "the training that wrote it") from None
+    missing = [k for k in required if k not in meta] if isinstance(meta, dict) else required
+    if missing:
+        raise PromptvizError(f"{meta_path} lacks {', '.join(missing)}: it was not written by "
+                             "`promptviz train` or was edited; re-run the training that "
+                             "wrote it")
+    return state, meta
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -39,7 +39,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       cache_dir=a.cache_dir, augment=a.augment,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
                                **_parse_sets(a.set)})
-    res = run(cfg)
+    res = run(cfg, overwrite=a.overwrite)
     print(_summary(res))
     print(f"wrote {os.path.join(a.out, 'results.json')}")
     return 0
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shots", type=int, default=16)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", required=True, help="output folder (results.json + checkpoint)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace another run (other settings) found in --out; without it "
+                        "that is an error and nothing is touched")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -232,8 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint folder")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--dataset")
-    e.add_argument("--data-root", default="data")
+    e.add_argument("--dataset", help="default: the checkpoint's own dataset, as given to train")
+    e.add_argument("--data-root", help="default: the data root the checkpoint was trained from "
+                   "(with --dataset: data)")
     e.add_argument("--protocol", choices=["base2new", "fewshot"])
     e.add_argument("--backbone", help="must match the checkpoint's backbone")
     e.add_argument("--device", default="cpu")
@@ -374,6 +378,18 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for an I/O fault: what failed, on which path, and what to check."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+    cause = e.strerror or str(e) or type(e).__name__
+    hint = {28: "free some disk space (or write elsewhere with --out) and re-run",
+            13: "check the permissions of that path, or use another folder",
+            30: "the file system is read-only; write elsewhere",
+            2: "check the path"}.get(e.errno or 0, "check the path, its permissions and the "
+                                                   "free disk space")
+    return f"{cause}: {where}; {hint}" if where else f"{cause}; {hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
@@ -384,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:       # a full disk, a read-only folder, a file that cannot be read
+        if os.environ.get("PROMPTVIZ_DEBUG"):
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

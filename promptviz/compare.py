@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,14 @@ import plotly.graph_objects as go
 
 from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
-from promptviz.data.datasets import looks_like_path
+from promptviz.data.datasets import load_dataset, looks_like_path
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean
 from promptviz.featcache import weights_fingerprint
+from promptviz.methods import METHODS, method_class
+from promptviz.methods.base import parse_options
 from promptviz.progress import progress_bar
-from promptviz.train import RESULTS, TrainConfig, run, run_eval, run_key
+from promptviz.train import RESULTS, TrainConfig, check_device, run, run_eval, run_key
 from promptviz.viz import Report, accuracy_bars, results_table_html
 
 PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg")
@@ -111,8 +114,56 @@ def _slug(dataset: str) -> str:
     return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
+def check_study(cfg: CompareConfig) -> None:
+    """Every mistake a study could hit, found before its first run trains: unknown methods
+    or datasets, ``--set`` options for a method not in the study (a typo) or unknown to it,
+    repeated seeds or shots, and settings no run could train with."""
+    bad = [m for m in cfg.methods if m not in METHODS]
+    if bad:
+        raise PromptvizError(f"unknown method(s) {', '.join(bad)}; choose from "
+                             f"{', '.join(sorted(METHODS))}")
+    for method, opts in cfg.options.items():
+        if method not in cfg.methods:
+            raise PromptvizError(f"--set {method}.…: {method!r} is not a method of this study "
+                                 f"({', '.join(cfg.methods)}); check the spelling")
+        try:
+            parse_options(method_class(method).Options, opts)
+        except PromptvizError as e:
+            raise PromptvizError(f"--set {method}.…: {e}") from None
+    for flag, values in (("--methods", cfg.methods), ("--datasets", cfg.datasets),
+                         ("--seeds", cfg.seeds), ("--shots", cfg.shots)):
+        if not values:
+            raise PromptvizError(f"{flag} is empty; give at least one")
+        if len(set(values)) != len(values):
+            raise PromptvizError(f"{flag} repeats a value ({' '.join(map(str, values))}); a "
+                                 "repeated run would count twice in the means")
+    train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
+    for method, dataset, shots, seed in plan(cfg):
+        _train_cfg(cfg, method, dataset, shots, seed, train_protocol, Path(cfg.out)
+                   ).resolved().validate()
+    check_device(cfg.device)
+    for dataset in dict.fromkeys([*cfg.datasets, *([cfg.source] if cfg.source else [])]):
+        load_dataset(dataset, cfg.data_root)
+
+
+def _finished(path: Path, again: str) -> dict[str, Any] | None:
+    """A finished result file, or ``None`` when there is none or it cannot be read (then the
+    work is done again, and a note says so: ``again``)."""
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text())
+        if isinstance(res, dict):
+            return res
+    except (OSError, ValueError):
+        pass
+    print(f"note: {path} is unreadable; {again}", file=sys.stderr)
+    return None
+
+
 def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
     """Run (or reuse) every run of the study; return one result dict per run and target."""
+    check_study(cfg)
     out = Path(cfg.out)
     rows: list[dict[str, Any]] = []
     train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
@@ -121,7 +172,7 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
                                                      enabled=cfg.progress):
         folder = out / "runs" / method / _slug(dataset) / f"shots{shots}" / f"seed{seed}"
         train_cfg = _train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder)
-        res = json.loads((folder / RESULTS).read_text()) if (folder / RESULTS).is_file() else None
+        res = _finished(folder / RESULTS, "running that run again")
         if res is not None:
             if weights is None:
                 weights = weights_fingerprint(load_clip(cfg.backbone, cfg.device).model)
@@ -129,8 +180,8 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
                 res = None
                 for stale in folder.glob("transfer_*.json"):
                     stale.unlink()
-        if res is None:
-            res = run(train_cfg)
+        if res is None:                  # the study's own folder: a stale run is replaced
+            res = run(train_cfg, overwrite=True)
         if cfg.protocol in {"base2new", "fewshot"}:
             rows.append(res)
             continue
@@ -141,8 +192,9 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
                              "source": dataset})
                 continue
             path = folder / f"transfer_{_slug(target)}.json"
-            if path.is_file():
-                rows.append(json.loads(path.read_text()))
+            done = _finished(path, "evaluating again")
+            if done is not None:
+                rows.append(done)
                 continue
             t = run_eval(folder, target, cfg.data_root, "fewshot", cfg.device,
                          progress=cfg.progress)

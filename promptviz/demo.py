@@ -124,7 +124,8 @@ def run_demo(cfg: DemoConfig) -> Path:
                 method=method, backbone=cfg.backbone, dataset=dataset, data_root=cfg.data_root,
                 protocol="base2new", shots=cfg.shots, seed=cfg.seed,
                 epochs=None if method == "zeroshot" else epochs, device=cfg.device,
-                out=str(Path(cfg.out) / dataset / method), progress=cfg.progress))
+                out=str(Path(cfg.out) / dataset / method), progress=cfg.progress),
+                overwrite=True)             # the demo's own folders: a rerun replaces them
             rows.append({"label": LABELS.get(method, method), **res})
         print(f"\n{dataset}\n{format_table(rows)}")
         report.heading(dataset)

@@ -47,9 +47,15 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
     with autocast_for(bb.device, precision):
         text = None if method.text_depends_on_image else method.text_features()  # once
         correct = torch.zeros((), dtype=torch.long, device=bb.device)
+        finite = torch.ones((), dtype=torch.bool, device=bb.device)
         for images, labels, _ in progress_bar(loader, desc=desc, enabled=progress):
             images, labels = images.to(bb.device), labels.to(bb.device)
-            correct += (method.logits(images, text).argmax(-1) == labels).sum()
+            logits = method.logits(images, text)
+            finite &= logits.isfinite().all()
+            correct += (logits.argmax(-1) == labels).sum()
+    if not finite:             # argmax of NaN is an arbitrary class: no accuracy to report
+        raise PromptvizError(f"the {method.name} model's scores are NaN or infinite ({desc}); "
+                             "its weights diverged: train again with a lower --lr")
     return 100.0 * correct.item() / len(samples)
 
 

@@ -67,7 +67,7 @@ def base_to_novel(cfg: CardConfig, method: str) -> list[dict[str, Any]]:
                                 data_root=cfg.data_root, seed=seed, device=cfg.device,
                                 epochs=None if method == "zeroshot" else cfg.epochs,
                                 out=f"{cfg.out}/{method}/{name}/seed{seed}",
-                                progress=cfg.progress))
+                                progress=cfg.progress), overwrite=True)   # the card's
                 for seed in (cfg.seeds if method != "zeroshot" else cfg.seeds[:1])]
         rows.append({"dataset": name, "method": method, **aggregate(runs)})
     return rows

@@ -7,7 +7,9 @@ captions them, and minimises CLIP's symmetric InfoNCE loss
 
 with AdamW, linear warm-up and cosine decay. The run is resumable: ``state.pt``
 in the output folder holds the model, optimiser, step and the stream's
-generator state, so an interrupted run continues exactly where it stopped. The
+generator state, so an interrupted run continues exactly where it stopped. It is
+saved every ``save_every`` steps, when a warm start ends and on Ctrl-C (after the step
+under way; a warm start under way keeps its own ``warm_state.pt``). The
 final weights are exported as fp16 safetensors with the open_clip config in
 their metadata (``toyclip.safetensors``), loadable by ``load_clip(path)``.
 A small zero-shot probe on held-out scenes (shape and colour of a single
@@ -20,17 +22,25 @@ embedding to the contrastive loss (the warm start's lesson, kept).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
+import signal
+import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from queue import Queue
+from queue import Empty, Full, Queue
+from typing import Any
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from promptviz.backbone import _register_configs, save_clip
 from promptviz.checkpoint import atomic_torch_save, atomic_write_text, load_state
@@ -59,7 +69,7 @@ class PretrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     seed: int = 0
-    image_size: int = 64
+    image_size: int | None = None      # None: the --model config's vision_cfg.image_size
     device: str = "cpu"
     threads: int = 0                   # torch CPU threads (0 = torch's default)
     # Curriculum. A small ViT learns colour first (it sorts most captions of a batch) and
@@ -100,6 +110,177 @@ class PretrainConfig:
     save_every: int = 200
     probe_every: int = 250
     progress: bool = True
+
+    def validate(self) -> None:
+        """Check every setting's type and range at once; raise one :class:`PromptvizError`
+        listing each bad one with its flag and allowed values. Touches nothing on disk."""
+        bad: list[str] = []
+
+        def whole(name: str, low: int, allowed: str, high: int | None = None) -> None:
+            v = getattr(self, name)
+            if (isinstance(v, bool) or not isinstance(v, int) or v < low
+                    or (high is not None and v > high)):
+                bad.append(f"{_flag(name)} {v!r}: give {allowed}")
+
+        def number(name: str, allowed: str, low: float = 0.0, high: float = math.inf,
+                   above_low: bool = False) -> None:
+            v = getattr(self, name)
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > low if above_low else v >= low) and v <= high)
+            if not ok:
+                bad.append(f"{_flag(name)} {v!r}: give {allowed}")
+
+        def text(name: str, required: bool) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, str) or (required and not v.strip()):
+                bad.append(f"{_flag(name)} {v!r}: give a {'non-empty ' if required else ''}"
+                           "string")
+
+        text("out", True)
+        text("model", True)
+        text("warm_from", False)
+        text("init_from", False)
+        whole("steps", 0, "a whole number of steps >= 0 (0 = warm start only)")
+        whole("batch_size", 1, "a whole number of scenes >= 1, e.g. 128")
+        number("lr", "a finite number > 0, e.g. 1e-3", above_low=True)
+        number("min_lr", "a finite number >= 0, e.g. 1e-5")
+        whole("warmup", 0, "a whole number of steps >= 0 (0 = no warm-up)")
+        number("weight_decay", "a finite number >= 0, e.g. 0.1")
+        whole("seed", -2**63, f"a whole number from {-2**63} to {2**64 - 2}", high=2**64 - 2)
+        whole("threads", 0, "a whole number >= 0 (0 = torch's default)")
+        whole("warm_steps", 0, "a whole number of steps >= 0 (0 = no warm start)")
+        for name, zero in (("caption_noise", "clean captions"),
+                           ("paint_names", "no specialist colour names"),
+                           ("clean_start", "no clean scenes"), ("clean_end", "no clean scenes"),
+                           ("same_colour_share", "never"), ("warm_clean", "no clean scenes")):
+            number(name, f"a share from 0 ({zero}) to 1", high=1.0)
+        number("warm_dense", "a finite number >= 0 (0 = no per-patch losses)")
+        number("image_lr_scale", "a finite number >= 0 (0 locks the image tower)")
+        number("aux_weight", "a finite number >= 0 (0 turns the attribute heads off)")
+        number("logit_scale", "a number from 0 (the model's own start) to 100", high=100.0)
+        if self.image_size is not None:
+            whole("image_size", 16, "None (the --model's own size) or a whole number >= 16")
+        for name in ("log_every", "save_every", "probe_every"):
+            whole(name, 1, "a whole number of steps >= 1")
+        if isinstance(self.device, str):
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                bad.append(f"--device {self.device!r}: give cpu, cuda or cuda:N")
+        else:
+            bad.append(f"--device {self.device!r}: give cpu, cuda or cuda:N")
+        if bad:
+            raise PromptvizError("bad pretrain setting" + ("s" if len(bad) > 1 else "")
+                                 + ": " + "; ".join(bad))
+        if self.init_from and (self.warm_from or self.warm_steps):
+            raise PromptvizError("--init-from starts from a whole trained CLIP, so there is "
+                                 "nothing to warm up: drop --warm-from and pass --warm-steps 0")
+        if self.steps == 0 and not (self.warm_steps or self.warm_from or self.init_from):
+            raise PromptvizError("--steps 0 with --warm-steps 0 trains nothing; give --steps "
+                                 ">= 1, or --warm-steps >= 1 for a warm start only")
+
+
+# the PretrainConfig fields that `promptviz pretrain` has a flag for (cli.cmd_pretrain)
+_CLI_FLAGS = frozenset({"out", "model", "steps", "batch_size", "lr", "warmup", "seed", "device",
+                        "threads", "warm_steps", "warm_from", "init_from", "caption_noise",
+                        "aux_weight", "image_lr_scale", "paint_names"})
+STATE = "state.pt"                     # the contrastive run's resumable state
+WARM_STATE = "warm_state.pt"           # the warm start's, while it is under way
+_STATE_KEYS = frozenset({"model", "optimizer", "generator", "step", "log", "config"})
+_WARM_KEYS = frozenset({"visual", "heads", "dense", "optimizer", "generator", "step", "log",
+                        "config"})
+
+
+def _flag(name: str) -> str:
+    """How a user sets config field ``name``: its CLI flag, or the library field."""
+    return "--" + name.replace("_", "-") if name in _CLI_FLAGS else f"PretrainConfig.{name}"
+
+
+def _reason(e: BaseException | None) -> str:
+    """A short, one-line cause for an error message."""
+    if e is None:
+        return "unknown cause"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e)
+    for line in text.splitlines():
+        if "unsupported GLOBAL" in line or "Unsupported global" in line:
+            return ("it holds pickled objects, not just tensors, and those are never loaded: "
+                    + line.strip()[:200])
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return first.split(". ")[0][:200]
+
+
+def _read_state(path: Path, keys: frozenset) -> dict[str, Any]:
+    """A pretrain state file, loaded without running pickled code, with the ``keys`` it
+    must hold; anything else is one :class:`PromptvizError` naming the file."""
+    try:
+        saved = load_state(path)
+    except PromptvizError as e:        # load_state hides its cause: it is the context
+        raise _unreadable(path, e.__context__) from None
+    if not isinstance(saved, dict) or not keys <= saved.keys():
+        missing = sorted(keys - saved.keys()) if isinstance(saved, dict) else ["everything"]
+        raise _unreadable(path, ValueError(f"missing {', '.join(missing)}"))
+    if not isinstance(saved["config"], dict) or isinstance(saved["step"], bool) \
+            or not isinstance(saved["step"], int) or saved["step"] < 0 \
+            or not isinstance(saved["log"], list):
+        raise _unreadable(path, ValueError("bad step, log or config"))
+    return saved
+
+
+def _unreadable(path: Path, cause: BaseException | None) -> PromptvizError:
+    return PromptvizError(f"{path} is not a readable pretrain state ({_reason(cause)}); "
+                          "delete it to start over")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` (full disk, lost permission) into one clear error.
+    The writers are atomic, so the failed file is left whole or absent."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise PromptvizError(f"could not write {path} ({_reason(e)}); free some disk space "
+                             "or give another --out, then re-run the same command to resume"
+                             ) from None
+
+
+def _save_state(obj: dict[str, Any], path: Path) -> None:
+    with _writing(path):
+        atomic_torch_save(obj, path)
+
+
+class _StopRequest:
+    """Ctrl-C while training: finish the step under way, save the state, then stop with
+    ``KeyboardInterrupt`` (a second Ctrl-C stops at once). Only the main thread can take
+    signals, so elsewhere (and where SIGINT is not Python's default) nothing changes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: saving the state after this step (Ctrl-C again to quit at once, "
+              "losing the steps since the last save)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def stop(self, path: Path, done: int, phase: str) -> None:
+        print(f"{phase} stopped after step {done}; the state is saved in {path}",
+              file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -144,32 +325,70 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 class _Prefetch:
-    """Render the next batch in a background thread while the current one trains."""
+    """Render the next batch in a background thread while the current one trains.
+
+    Whatever the thread raises is handed over and re-raised by :meth:`next` in the
+    training thread; a thread that ended without a word is an error too, never a wait."""
 
     def __init__(self, cfg: PretrainConfig, generator: torch.Generator, step: int) -> None:
         self.cfg, self.gen, self.step = cfg, generator, step
         self.queue: Queue = Queue(maxsize=2)
         self.state = generator.get_state()       # generator state after the last batch taken
-        self.thread = threading.Thread(target=self._work, daemon=True)
-        self.stop = False
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, daemon=True, name="pretrain-render")
         self.thread.start()
 
     def _work(self) -> None:
         cfg = self.cfg
-        while not self.stop:
-            one_colour = float(torch.rand(1, generator=self.gen)) < cfg.same_colour_share
-            pick = int(torch.randint(len(COLOURS), (1,), generator=self.gen))
-            colour = list(COLOURS)[pick] if one_colour else None
-            batch = sample_batch(cfg.batch_size, self.gen, cfg.image_size, colour=colour,
-                                 clean=clean_share(self.step, cfg),
-                                 caption_noise=cfg.caption_noise,
-                                 paint_names=cfg.paint_names)
-            self.step += 1
-            self.queue.put((batch, self.gen.get_state()))
+        try:
+            while not self._stop.is_set():
+                one_colour = float(torch.rand(1, generator=self.gen)) < cfg.same_colour_share
+                pick = int(torch.randint(len(COLOURS), (1,), generator=self.gen))
+                colour = list(COLOURS)[pick] if one_colour else None
+                batch = sample_batch(cfg.batch_size, self.gen, cfg.image_size, colour=colour,
+                                     clean=clean_share(self.step, cfg),
+                                     caption_noise=cfg.caption_noise,
+                                     paint_names=cfg.paint_names)
+                self.step += 1
+                self._put((batch, self.gen.get_state()))
+        except BaseException as e:   # noqa: BLE001 - handed to the training thread
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except Full:
+                continue
 
     def next(self):
-        batch, self.state = self.queue.get()
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+                break
+            except Empty:
+                if self.thread.is_alive():
+                    continue
+                try:                 # it may have put its last word just before it ended
+                    item = self.queue.get_nowait()
+                    break
+                except Empty:
+                    raise PromptvizError("pretrain's scene-rendering thread stopped without "
+                                         "a batch or an error; re-run the same command to "
+                                         "resume from the last saved state") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        batch, self.state = item
         return batch
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread and wait for it (a thread still rendering at interpreter exit
+        can abort the process)."""
+        self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
 
 @torch.no_grad()
@@ -231,7 +450,8 @@ def patch_targets(batch, attr: str, names: tuple, patch_size: int) -> torch.Tens
     return table.gather(1, labels)
 
 
-def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
+def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path,
+               stop: _StopRequest | None = None) -> None:
     """Supervised warm start of the image tower on ToyWorld's ground truth.
 
     A ViT trained from scratch contrastively learns colour at once but shape only very
@@ -241,7 +461,8 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
     token (dense supervision: 64 targets per image instead of one). Batches mix clean
     scenes (``warm_clean``) with the full stream; the learning rate warms up, then
     decays on a cosine. The heads are thrown away; the stream uses its own generator
-    (seed + 1).
+    (seed + 1). It is resumable: ``warm_state.pt`` in ``out`` is saved every
+    ``save_every`` steps and when ``stop`` is requested (Ctrl-C), and picked up here.
     """
     device = next(visual.parameters()).device
     width = visual.transformer.width
@@ -255,10 +476,33 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
     schedule = PretrainConfig(lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup,
                               steps=cfg.warm_steps)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    log, t0 = [], time.perf_counter()
+    state_path = out / WARM_STATE
+    start, log, t0 = 0, [], time.perf_counter()
+    if state_path.is_file():
+        saved = _read_state(state_path, _WARM_KEYS)
+        _check_same_run(saved["config"], cfg, state_path)
+        try:
+            visual.load_state_dict(saved["visual"])
+            heads.load_state_dict(saved["heads"])
+            dense.load_state_dict(saved["dense"])
+            optim.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise _unreadable(state_path, e) from None
+        start, log = saved["step"], saved["log"]
+        t0 -= float(saved.get("seconds", 0.0))
+        print(f"resuming the warm start at step {start}")
+
+    def save(done: int) -> None:
+        _save_state({"visual": visual.state_dict(), "heads": heads.state_dict(),
+                     "dense": dense.state_dict(), "optimizer": optim.state_dict(),
+                     "generator": gen.get_state(), "step": done, "log": log,
+                     "seconds": time.perf_counter() - t0, "config": asdict(cfg)}, state_path)
+
     visual.output_tokens = True
     try:
-        for step in progress_bar(range(cfg.warm_steps), desc="warm start", enabled=cfg.progress):
+        for step in progress_bar(range(start, cfg.warm_steps), desc="warm start",
+                                 enabled=cfg.progress, initial=start, total=cfg.warm_steps):
             for g in optim.param_groups:
                 g["lr"] = lr_at(step, schedule)
             batch = sample_batch(cfg.batch_size, gen, cfg.image_size, clean=cfg.warm_clean)
@@ -278,14 +522,82 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.warm_steps:
-                entry = {"warm_step": step + 1, "loss": round(loss.item(), 4), **accs,
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.warm_steps:
+                entry = {"warm_step": done, "loss": round(loss.item(), 4), **accs,
                          "seconds": round(time.perf_counter() - t0, 1)}
                 log.append(entry)
                 print(json.dumps(entry), flush=True)
+            if stop is not None and stop.requested:
+                save(done)
+                stop.stop(state_path, done, "the warm start")
+            if done % cfg.save_every == 0 and done < cfg.warm_steps:
+                save(done)
     finally:
         visual.output_tokens = False
-    atomic_write_text(out / "warm_start_log.json", json.dumps(log, indent=2))
+    with _writing(out / "warm_start_log.json"):
+        atomic_write_text(out / "warm_start_log.json", json.dumps(log, indent=2))
+
+
+def _check_same_run(before: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    """A saved state resumes only the run that wrote it: same model and seed."""
+    if before.get("model") != cfg.model or before.get("seed") != cfg.seed:
+        raise PromptvizError(f"{path} belongs to another run (--model {before.get('model')!r}, "
+                             f"--seed {before.get('seed')!r}); resume with those, or use "
+                             "another --out")
+
+
+def _model_image_size(model_cfg: dict[str, Any], cfg: PretrainConfig) -> int:
+    """The scene size the model takes: its config's ``vision_cfg.image_size``."""
+    size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    if isinstance(size, (tuple, list)):
+        if len(set(size)) != 1:
+            raise PromptvizError(f"--model {cfg.model} takes {size[0]}x{size[1]} images; "
+                                 "ToyWorld renders square scenes, so pick a model with a "
+                                 "square vision_cfg.image_size")
+        size = size[0]
+    if not isinstance(size, int) or size < 16:
+        raise PromptvizError(f"--model {cfg.model} takes {size!r} px images; ToyWorld renders "
+                             "at least 16 px, so pick a model whose vision_cfg.image_size is "
+                             ">= 16")
+    if cfg.image_size is not None and cfg.image_size != size:
+        raise PromptvizError(f"PretrainConfig.image_size {cfg.image_size} does not match "
+                             f"--model {cfg.model}, which takes {size} px images "
+                             "(vision_cfg.image_size); leave image_size unset (None)")
+    return size
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become a writable folder, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise PromptvizError(f"--out {out} is a file, not a folder; give a folder (new, or an "
+                             "earlier run's --out to resume it)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PromptvizError(f"--out {out}: {existing} is a file, so no folder can be made "
+                             "there; give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PromptvizError(f"--out {out}: {existing} is not writable; give a folder you "
+                             "can write to")
+
+
+def _prepare_out(out: Path) -> None:
+    """Make the --out folder and prove it is writable (write and remove a probe file)."""
+    created = not out.exists()
+    probe = out / f".promptviz-write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise PromptvizError(f"--out {out}: cannot write there ({_reason(e)}); give a folder "
+                             "you can write to") from None
 
 
 def _weights_file(source: Path, flag: str) -> Path:
@@ -326,53 +638,86 @@ def load_warm_start(visual: torch.nn.Module, source: Path) -> Path:
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) pretraining; returns the path of the exported safetensors file."""
+    """Run (or resume) pretraining; returns the path of the exported safetensors file.
+
+    Every setting is checked first (:meth:`PretrainConfig.validate`), and ``--out`` and
+    any state to resume before anything is written. Ctrl-C saves the state after the
+    step under way (the warm start's too), so re-running the same call resumes there.
+    """
+    cfg.validate()
     _register_configs()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     model_cfg = open_clip.get_model_config(cfg.model)
     if model_cfg is None:
-        raise PromptvizError(f"unknown model config {cfg.model!r}; known: toyclip, pv-tiny "
+        raise PromptvizError(f"unknown --model config {cfg.model!r}; give toyclip, pv-tiny "
                              "or any open_clip.list_models() name")
-    if not 0.0 <= cfg.caption_noise <= 1.0:
-        raise PromptvizError(f"--caption-noise {cfg.caption_noise} is not a share; give a "
-                             "number from 0 (clean captions) to 1")
-    if not 0.0 <= cfg.paint_names <= 1.0:
-        raise PromptvizError(f"--paint-names {cfg.paint_names} is not a share; give a "
-                             "number from 0 (no specialist colour names) to 1")
-    if not cfg.image_lr_scale >= 0.0:
-        raise PromptvizError(f"--image-lr-scale {cfg.image_lr_scale} must be >= 0 "
-                             "(0 locks the image tower)")
-    if cfg.init_from and (cfg.warm_from or cfg.warm_steps):
-        raise PromptvizError("--init-from starts from a whole trained CLIP, so there is "
-                             "nothing to warm up: drop --warm-from and pass --warm-steps 0")
-    if not cfg.aux_weight >= 0.0:
-        raise PromptvizError(f"--aux-weight {cfg.aux_weight} must be >= 0 (0 turns the "
-                             "attribute heads off)")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise PromptvizError("--device cuda was asked for but no CUDA GPU is visible")
+    cfg = replace(cfg, image_size=_model_image_size(model_cfg, cfg))
     device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PromptvizError(f"--device {cfg.device} was asked for but no CUDA GPU is "
+                             "visible; pass --device cpu")
     out = Path(cfg.out)
-    resuming = (out / "state.pt").is_file()
+    _check_out(out)
+    state_path = out / STATE
+    resuming = state_path.is_file()
+    saved = None
+    if resuming:                         # a bad state file stops the run before any work
+        saved = _read_state(state_path, _STATE_KEYS)
+        _check_same_run(saved["config"], cfg, state_path)
+        for key in ("aux_weight", "paint_names", "init_from", "image_lr_scale"):
+            before = saved["config"].get(key, PretrainConfig.__dataclass_fields__[key].default)
+            if before != getattr(cfg, key):
+                raise PromptvizError(f"{state_path} was trained with {_flag(key)} {before!r}, "
+                                     f"not {getattr(cfg, key)!r}; resume with the same value "
+                                     "or use another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(cfg.model).to(device).train()
+    root = logging.getLogger()
+    level, _ = root.level, root.setLevel(logging.ERROR)   # "no pretrained weights": as meant
+    try:
+        model = open_clip.create_model(cfg.model).to(device).train()
+    finally:
+        root.setLevel(level)
+    warming = bool(cfg.warm_steps) and not cfg.warm_from and not resuming
+    if warming and not hasattr(model.visual, "transformer"):
+        raise PromptvizError(f"--warm-steps needs a ViT image tower and --model {cfg.model} "
+                             "has none; pass --warm-steps 0")
     warm_weights = None
     if cfg.warm_from and not resuming:   # before any write: a bad source leaves nothing
         warm_weights = load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
     if cfg.init_from and not resuming:
         load_weights(model, Path(cfg.init_from).expanduser(), prefix="", flag="--init-from")
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
     if cfg.logit_scale > 0:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))
     model.logit_scale.requires_grad_(cfg.learn_scale)
     tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=model.context_length)
-    if warm_weights is not None:         # the warm start's log travels with its tower
-        log = warm_weights.parent / "warm_start_log.json"
-        if log.is_file() and log.resolve() != (out / log.name).resolve():
-            atomic_write_text(out / log.name, log.read_text())
-    elif cfg.warm_steps and not resuming:
-        warm_start(model.visual, cfg, out)
+    with _StopRequest() as stop:
+        if warm_weights is not None:         # the warm start's log travels with its tower
+            log_file = warm_weights.parent / "warm_start_log.json"
+            if log_file.is_file() and log_file.resolve() != (out / log_file.name).resolve():
+                try:
+                    text = log_file.read_text()
+                except (OSError, UnicodeDecodeError) as e:
+                    raise PromptvizError(f"--warm-from {log_file} is unreadable ({_reason(e)})"
+                                         "; fix or delete it") from None
+                with _writing(out / log_file.name):
+                    atomic_write_text(out / log_file.name, text)
+        elif warming:
+            warm_start(model.visual, cfg, out, stop)
+        weights = _contrastive(model, model_cfg, cfg, out, tokenizer, saved,
+                               save_first=warming, stop=stop)
+    return weights
+
+
+def _contrastive(model: torch.nn.Module, model_cfg: dict[str, Any], cfg: PretrainConfig,
+                 out: Path, tokenizer, saved: dict[str, Any] | None, save_first: bool,
+                 stop: _StopRequest) -> Path:
+    """The contrastive run (from ``saved``, a loaded ``state.pt``, if any) and the export.
+    ``save_first``: save the state before step 1 (a warm start just ended here), so that
+    a resumed run does not warm up again."""
+    device = next(model.parameters()).device
     warmed = bool(cfg.warm_steps or cfg.warm_from or cfg.init_from)
     groups = []
     if warmed and cfg.image_lr_scale == 0:   # a locked image tower (LiT): no gradients at all
@@ -394,70 +739,79 @@ def pretrain(cfg: PretrainConfig) -> Path:
     optim = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, log = 0, []
-    state_path = out / "state.pt"
-    if state_path.is_file():
-        saved = load_state(state_path)     # on the CPU: RNG states must stay there
-        if saved["config"]["model"] != cfg.model or saved["config"]["seed"] != cfg.seed:
-            raise PromptvizError(f"{state_path} belongs to another run (model/seed differ); "
-                                 "use another --out")
-        for key in ("aux_weight", "paint_names", "init_from", "image_lr_scale"):
-            before = saved["config"].get(key, PretrainConfig.__dataclass_fields__[key].default)
-            if before != getattr(cfg, key):
-                flag = "--" + key.replace("_", "-")
-                raise PromptvizError(f"{state_path} was trained with {flag} {before!r}, not "
-                                     f"{getattr(cfg, key)!r}; resume with the same value or "
-                                     "use another --out")
-        model.load_state_dict(saved["model"])
-        heads.load_state_dict(saved.get("heads", {}))
-        optim.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
+    state_path = out / STATE
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+            heads.load_state_dict(saved.get("heads", {}))
+            optim.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise _unreadable(state_path, e) from None
         step, log = saved["step"], saved["log"]
         print(f"resuming pretraining at step {step}")
-    stream = _Prefetch(cfg, gen, step)
+
+    def save(done: int, generator_state: torch.Tensor) -> None:
+        # the stream state saved is the one right after the last batch trained on
+        _save_state({"model": model.state_dict(), "heads": heads.state_dict(),
+                     "optimizer": optim.state_dict(), "generator": generator_state,
+                     "step": done, "log": log, "config": asdict(cfg)}, state_path)
+
+    if save_first and saved is None:
+        save(step, gen.get_state())
+        (out / WARM_STATE).unlink(missing_ok=True)
+    elif saved is not None:
+        (out / WARM_STATE).unlink(missing_ok=True)      # a leftover of a finished warm start
+    if stop.requested:                   # Ctrl-C during the warm start's last step
+        stop.stop(state_path, step, "pretraining")
+    stream = _Prefetch(cfg, gen, step) if step < cfg.steps else None
     bar = progress_bar(range(step, cfg.steps), desc="pretrain", enabled=cfg.progress,
                        initial=step, total=cfg.steps)
     # a resumed run's clock goes on from its last log entry, so "seconds" is the run's total
     t0, running = time.perf_counter() - (log[-1]["seconds"] if log else 0.0), None
-    for step in bar:
-        batch = stream.next()
-        for g in optim.param_groups:
-            g["lr"] = lr_at(step, cfg) * g["scale"]
-        ids = tokenizer(batch.captions).to(device)
-        images = normalise(batch.images).to(device)
-        f = model.encode_image(images)
-        loss = clip_loss(model, images, ids, cfg.same_caption, image_features=f)
-        contrastive = loss.item()
-        if cfg.aux_weight:
-            loss = loss + cfg.aux_weight * attribute_loss(heads, f, batch.scenes)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        value = contrastive
-        if not math.isfinite(loss.item()):
-            raise PromptvizError(f"pretraining loss became {value} at step {step}; lower --lr "
-                                 f"(now {cfg.lr}) and resume from the last saved state")
-        running = value if running is None else 0.95 * running + 0.05 * value
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            entry = {"step": done, "loss": round(running, 4), "lr": lr_at(step, cfg),
-                     "scale": round(model.logit_scale.detach().exp().item(), 2),
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            if done % cfg.probe_every == 0 or done == cfg.steps:
-                entry.update(probe(model, tokenizer, cfg.image_size))
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            # the stream state saved is the one right after the last batch trained on
-            atomic_torch_save({"model": model.state_dict(), "heads": heads.state_dict(),
-                               "optimizer": optim.state_dict(),
-                               "generator": stream.state, "step": done, "log": log,
-                               "config": asdict(cfg)}, state_path)
-    stream.stop = True
+    try:
+        for step in bar:
+            batch = stream.next()
+            for g in optim.param_groups:
+                g["lr"] = lr_at(step, cfg) * g["scale"]
+            ids = tokenizer(batch.captions).to(device)
+            images = normalise(batch.images).to(device)
+            f = model.encode_image(images)
+            loss = clip_loss(model, images, ids, cfg.same_caption, image_features=f)
+            contrastive = loss.item()
+            if cfg.aux_weight:
+                loss = loss + cfg.aux_weight * attribute_loss(heads, f, batch.scenes)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            value = contrastive
+            if not math.isfinite(loss.item()):
+                raise PromptvizError(f"pretraining loss became {value} at step {step}; lower "
+                                     f"--lr (now {cfg.lr}) and resume from the last saved state")
+            running = value if running is None else 0.95 * running + 0.05 * value
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                entry = {"step": done, "loss": round(running, 4), "lr": lr_at(step, cfg),
+                         "scale": round(model.logit_scale.detach().exp().item(), 2),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+                if done % cfg.probe_every == 0 or done == cfg.steps:
+                    entry.update(probe(model, tokenizer, cfg.image_size))
+                log.append(entry)
+                print(json.dumps(entry), flush=True)
+            if done % cfg.save_every == 0 or done == cfg.steps or stop.requested:
+                save(done, stream.state)
+            if stop.requested:
+                stop.stop(state_path, done, "pretraining")
+    finally:
+        if stream is not None:
+            stream.close()
     weights = out / "toyclip.safetensors"
-    save_clip(model, weights, model_cfg, half=True)
-    atomic_write_text(out / "pretrain_log.json", json.dumps({"config": asdict(cfg),
-                                                             "log": log}, indent=2))
+    with _writing(weights):
+        save_clip(model, weights, model_cfg, half=True)
+    with _writing(out / "pretrain_log.json"):
+        atomic_write_text(out / "pretrain_log.json", json.dumps({"config": asdict(cfg),
+                                                                 "log": log}, indent=2))
     return weights

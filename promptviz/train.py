@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import (
+    META,
     atomic_torch_save,
     atomic_write_text,
     load_state,
@@ -104,6 +106,8 @@ class TrainConfig:
     def validate(self) -> None:
         """One clear error for a setting that cannot train (call on a resolved config)."""
         bad = []
+        if self.shots is not None and self.shots < 1:
+            bad.append(f"--shots {self.shots} (use 1 or more images per class)")
         if self.epochs is not None and self.epochs < 0:
             bad.append(f"--epochs {self.epochs} (use 0 or more)")
         for name in ("batch_size", "eval_batch_size"):
@@ -112,12 +116,26 @@ class TrainConfig:
                 bad.append(f"--{name.replace('_', '-')} {v} (use 1 or more)")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             bad.append(f"--lr {self.lr} (use a finite number above 0)")
+        if self.num_workers < 0:
+            bad.append(f"--num-workers {self.num_workers} (use 0 or more; 0 loads in this "
+                       "process)")
+        if self.cache_views < 1:
+            bad.append(f"--cache-views {self.cache_views} (use 1 or more)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad.append(f"weight_decay {self.weight_decay} (use a finite number, 0 or more)")
+        if self.protocol not in PROTOCOLS:
+            bad.append(f"--protocol {self.protocol} (use one of {', '.join(PROTOCOLS)})")
         if self.select is not None and self.select not in SELECTIONS:
             bad.append(f"--select {self.select} (use one of {', '.join(SELECTIONS)})")
         if self.precision not in PRECISIONS:
             bad.append(f"--precision {self.precision} (use one of {', '.join(PRECISIONS)})")
         if bad:
             raise PromptvizError("invalid setting: " + "; ".join(bad))
+
+
+class Diverged(PromptvizError):
+    """Training produced NaN or infinite losses, weights or scores: the run cannot go on, so
+    :func:`run` removes its ``resume.pt`` (and ``--out`` when that leaves it empty)."""
 
 
 def set_seed(seed: int) -> None:
@@ -246,7 +264,7 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
         finite = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
         if not (math.isfinite(logs["loss"]) and finite):
             what = f"loss became {logs['loss']}" if finite else "weights became NaN or infinite"
-            raise PromptvizError(
+            raise Diverged(
                 f"the training {what} in epoch {epoch + 1}; lower the learning rate "
                 f"(--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
         logs.update(epoch=epoch + 1, lr=lr, train_acc=100.0 * float(correct) / max(seen, 1),
@@ -269,7 +287,32 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                                "python_rng": random.getstate()}, resume)
     if cfg.select == "best_val" and best["state"] is not None:
         method.load_trainable_state(best["state"])
+    _check_outputs(method, data, views, cfg, precision)
     return history
+
+
+@torch.no_grad()
+def _check_outputs(method: Method, data: ImageDataset, views: featcache.Views | None,
+                   cfg: TrainConfig, precision: str) -> None:
+    """The trained model's scores on one training batch must be finite: finite weights can
+    still overflow inside the text tower (a learning rate of 1e30), and the per-epoch
+    checks look at losses computed before each step. Raised before any checkpoint is
+    written."""
+    bb = method.backbone
+    method.eval()
+    n = min(cfg.batch_size, len(data))
+    with autocast_for(bb.device, precision):
+        if views is None:
+            images, labels, _ = next(iter(DataLoader(data, batch_size=n)))
+            logits = method.logits(images.to(bb.device))
+        else:
+            feats, labels, _ = next(iter(cached_batches(views[0], list(range(n)), n, False)))
+            logits = method.logits_from(feats)
+    if not bool(logits.isfinite().all()):
+        raise Diverged(
+            f"the trained weights give NaN or infinite scores (the text tower overflowed); "
+            f"lower the learning rate (--lr, now {cfg.lr}) or train in fp32 "
+            "(--precision fp32)")
 
 
 def selected_epoch(history: list[dict[str, float]], select: str) -> int:
@@ -448,10 +491,90 @@ def run_key(cfg: TrainConfig, weights: str) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train and evaluate one (method, dataset, protocol, shots, seed); write results.json."""
+# ... and those that do not make it another run (a rerun may load from elsewhere)
+_NOT_IN_REQUEST = (*_NOT_IN_KEY, "num_workers", "data_root")
+
+
+def request_key(cfg: TrainConfig) -> str:
+    """What was asked for, as a short hash: the resolved config less :data:`_NOT_IN_REQUEST`,
+    without the backbone's weights. Files in an ``--out`` folder that carry another request
+    key belong to another run, which :func:`run` does not overwrite unless told to."""
+    facts = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items()
+             if k not in _NOT_IN_REQUEST}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``out`` and write a probe file there: an ``--out`` that is a file or cannot be
+    written is reported before any work, not after an epoch of training."""
+    if out.exists() and not out.is_dir():
+        raise PromptvizError(f"--out {out} is a file, not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".promptviz-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PromptvizError(f"cannot write into --out {out} ({e.strerror or e}); choose a "
+                             "folder you can write to") from None
+
+
+def _describe(found: dict[str, Any]) -> str:
+    what = [str(found.get(k)) for k in ("method", "dataset") if found.get(k)]
+    if "shots" in found:
+        what.append(f"{found['shots']} shots")
+    if "seed" in found:
+        what.append(f"seed {found['seed']}")
+    return ", ".join(what) or "settings this run cannot read"
+
+
+def _same_request(found: dict[str, Any], cfg: TrainConfig, request: str, dataset: str) -> bool:
+    """Whether a results.json / meta.json is of the request ``request``. Files of an older
+    promptviz carry no request key: they count as the same run when what they record
+    (method, backbone, dataset, protocol, shots, seed) is this one's."""
+    if "request" in found:
+        return found["request"] == request
+    mine = {"method": cfg.method, "backbone": cfg.backbone, "dataset": dataset,
+            "protocol": cfg.protocol, "shots": cfg.shots, "seed": cfg.seed}
+    return bool(found) and all(found.get(k) == v for k, v in mine.items())
+
+
+def check_owner(out: Path, cfg: TrainConfig, request: str, dataset: str) -> None:
+    """Refuse to overwrite another run's results, checkpoint or interrupted state in ``out``:
+    one whose :func:`request_key` differs (a rerun of the same request is fine; with new
+    backbone weights it trains again). ``dataset`` is the dataset's name."""
+    for name in (RESULTS, META):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            found = json.loads(path.read_text())
+            found = found if isinstance(found, dict) else {}
+        except (OSError, ValueError):
+            found = {}
+        if not _same_request(found, cfg, request, dataset):
+            raise PromptvizError(
+                f"--out {out} holds another run ({_describe(found)}: its {name}); choose "
+                "another --out, or pass --overwrite to replace that run")
+    resume = out / RESUME
+    if resume.is_file():
+        saved = load_state(resume).get("config")
+        mine = _key(cfg, "")
+        if not isinstance(saved, dict) or {**saved, "weights": ""} != mine:
+            raise PromptvizError(
+                f"--out {out} holds an interrupted run of other settings ({RESUME}); choose "
+                "another --out, or pass --overwrite to discard it")
+
+
+def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate one (method, dataset, protocol, shots, seed); write results.json.
+
+    Every check (settings, device, dataset, backbone, method options, that ``cfg.out`` can
+    be written and holds no other run: :func:`check_owner`, unless ``overwrite``) happens
+    before anything is written; an earlier result in ``cfg.out`` is removed only then."""
     requested = cfg                                  # as given: the run key's input
     cfg.resolved().validate()
+    request = request_key(requested)
     out = Path(cfg.out)
     device = check_device(cfg.device)
     set_seed(cfg.seed)
@@ -475,15 +598,25 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise PromptvizError(  # caught before training: nothing may be written for it
             "class_specific=true learns one context per training class, so it cannot classify "
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
+    if not overwrite:
+        check_owner(out, cfg, request, ds.name)
+    prepare_out(out)
     (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     t0 = time.perf_counter()
-    history = train_method(method, train_set, cfg, out, weights)
+    try:
+        history = train_method(method, train_set, cfg, out, weights)
+    except Diverged:             # resuming would diverge again: leave --out as it was
+        (out / RESUME).unlink(missing_ok=True)
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise
     train_seconds = time.perf_counter() - t0
     method.set_classnames(train_set.classnames, train_set.template)
     meta = {"method": cfg.method, "options": dataclasses.asdict(method.options),
             "backbone": cfg.backbone, "dataset": ds.name, "protocol": cfg.protocol,
             "shots": cfg.shots, "seed": cfg.seed, "classnames": train_set.classnames,
-            "template": train_set.template, "config": dataclasses.asdict(cfg)}
+            "template": train_set.template, "config": dataclasses.asdict(cfg),
+            "request": request, "data_root": str(Path(cfg.data_root).expanduser().resolve())}
     save_checkpoint(out, method.trainable_state(), meta)
     t1 = time.perf_counter()
     metrics = evaluate_protocol(method, eval_sets, cfg)
@@ -495,10 +628,22 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                "train_seconds": round(train_seconds, 2),
                "eval_seconds": round(time.perf_counter() - t1, 2),
                "trainable_params": sum(p.numel() for p in method.trainable_parameters()),
-               "history": history, "options": meta["options"], "run_key": key}
-    atomic_write_text(out / RESULTS, json.dumps(results, indent=2))
+               "history": history, "options": meta["options"], "run_key": key,
+               "request": request}
+    atomic_write_text(out / RESULTS, strict_json(results, f"the results of {cfg.method} on "
+                                                           f"{ds.name}"))
     (out / RESUME).unlink(missing_ok=True)
     return results
+
+
+def strict_json(obj: Any, what: str) -> str:
+    """``obj`` as JSON that strict parsers accept: a NaN or infinite number is an error
+    (JSON has no such numbers), never a bare ``NaN`` in a file."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise PromptvizError(f"{what} hold a NaN or infinite number; nothing was written. "
+                             "Check the evaluation sets are not empty") from None
 
 
 def load_method(checkpoint: str | Path, device: str = "cpu",
@@ -509,7 +654,8 @@ def load_method(checkpoint: str | Path, device: str = "cpu",
     options and class names it was trained with, then its trainable state restored.
     """
     from promptviz.checkpoint import load_checkpoint
-    state, meta = loaded or load_checkpoint(checkpoint)
+    state, meta = loaded or load_checkpoint(
+        checkpoint, ("method", "backbone", "classnames", "template", "options"))
     model = load_clip(meta["backbone"], check_device(device))
     method = build_method(meta["method"], model, meta["classnames"], meta["template"],
                           meta["options"])
@@ -518,28 +664,45 @@ def load_method(checkpoint: str | Path, device: str = "cpu",
     return method, meta
 
 
-def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str = "data",
+def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,
              protocol: str | None = None, device: str = "cpu", backbone: str | None = None,
              progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a checkpoint written by :func:`run` (``promptviz eval``)."""
-    from promptviz.checkpoint import load_checkpoint
-    state, meta = load_checkpoint(checkpoint)
+    """Re-evaluate a checkpoint written by :func:`run` (``promptviz eval``). Without
+    ``dataset`` (and ``data_root``) the checkpoint's own dataset is used, as it was given to
+    ``train`` (a CoOp name under the same data root, a card folder or a path)."""
+    from promptviz.checkpoint import META_KEYS, load_checkpoint
+    state, meta = load_checkpoint(checkpoint, META_KEYS)
+    config = meta["config"]
     if backbone and backbone != meta["backbone"]:
         raise PromptvizError(
             f"checkpoint {checkpoint} was trained on backbone {meta['backbone']!r}, not "
             f"{backbone!r}; drop --backbone or use a checkpoint of that backbone")
-    cfg = TrainConfig(**{**meta["config"], "protocol": protocol or meta["protocol"],
-                         "dataset": dataset or meta["dataset"], "data_root": data_root,
+    if dataset is None:
+        dataset = config["dataset"]
+        data_root = data_root or meta.get("data_root") or config.get("data_root")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{**{k: v for k, v in config.items() if k in known},
+                         "protocol": protocol or meta["protocol"], "dataset": dataset,
+                         "data_root": data_root or "data",
                          "device": device, "progress": progress, "out": str(checkpoint)})
     ds = load_dataset(cfg.dataset, cfg.data_root)
     train_set, eval_sets = protocol_splits(ds, cfg)
     if ds.name == meta["dataset"] and train_set.classnames != meta["classnames"]:
         raise PromptvizError(
             f"checkpoint {checkpoint} was trained on other classes of {ds.name} than the "
-            f"dataset now has ({len(meta['classnames'])} vs {len(train_set.classnames)}); "
-            "was the dataset rebuilt or the protocol changed? Re-train or pass the matching "
+            f"dataset now has ({_class_difference(meta['classnames'], train_set.classnames)})"
+            "; was the dataset rebuilt or the protocol changed? Re-train or pass the matching "
             "--protocol")
     method, _ = load_method(checkpoint, device, (state, meta))
     metrics = evaluate_protocol(method, eval_sets, cfg)
     return {"method": meta["method"], "backbone": meta["backbone"], "dataset": ds.name,
             "protocol": cfg.protocol, "shots": meta["shots"], "seed": meta["seed"], **metrics}
+
+
+def _class_difference(trained: list[str], now: list[str]) -> str:
+    """How two class lists differ, in a few words: counts, or the first names that differ."""
+    if len(trained) != len(now):
+        return f"{len(trained)} classes in the checkpoint, {len(now)} now"
+    pairs = [(a, b) for a, b in zip(trained, now) if a != b]
+    shown = "; ".join(f"{a!r} is now {b!r}" for a, b in pairs[:3])
+    return f"{len(pairs)} of {len(now)} class names differ: {shown}"

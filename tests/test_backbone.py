@@ -180,7 +180,7 @@ def gelu_clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("configs") / f"{GELU_CONFIG}.json"
     path.write_text(json.dumps(cfg))
     open_clip.add_model_config(path)
-    clip = load_clip(GELU_CONFIG, seed=0)
+    clip = load_clip(GELU_CONFIG, seed=0, random_weights=True)
     assert clip.activation == "GELU"
     return clip
 
@@ -235,7 +235,7 @@ def test_quickgelu_name_selects_quickgelu(gelu_clip, tmp_path, capsys):
     assert not _same(loaded, gelu_clip)
     assert f"backbone {GELU_CONFIG}-quickgelu:{path}: QuickGELU" in capsys.readouterr().err
     # random weights too, and for a config with no -quickgelu twin in open_clip
-    assert load_clip(f"{GELU_CONFIG}-quickgelu").activation == "QuickGELU"
+    assert load_clip(f"{GELU_CONFIG}-quickgelu", random_weights=True).activation == "QuickGELU"
 
 
 def test_openai_torchscript_archive_is_detected_by_content(gelu_clip, tmp_path, capsys):

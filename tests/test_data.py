@@ -276,7 +276,9 @@ def test_few_shot_counts_and_determinism(toy):
     assert c.train != a.train
     k8 = few_shot(toy, 8, seed=1)
     assert [sum(s.label == lab for s in k8.val) for lab in range(4)] == [4, 4, 4, 4]
-    assert few_shot(toy, 0, seed=1) is toy and few_shot(toy, None, seed=1) is toy
+    assert few_shot(toy, None, seed=1) is toy
+    with pytest.raises(PromptvizError, match="--shots 0"):
+        few_shot(toy, 0, seed=1)
 
 
 def test_few_shot_uses_documented_rng(toy):

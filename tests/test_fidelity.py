@@ -89,9 +89,10 @@ def test_sep_uses_its_own_templates_for_t0(tiny_root, tmp_path):
     assert meta["template"] == "{} texture."          # the dataset's own is kept for the rest
     # and the user's choice wins
     run(TrainConfig(method="sep", backbone="pv-tiny", dataset="dtd", data_root=str(tiny_root),
-                    shots=2, epochs=0, out=str(out), progress=False,
+                    shots=2, epochs=0, out=str(tmp_path / "sep2"), progress=False,
                     options={"template": "{} pattern."}))
-    assert json.loads((out / "meta.json").read_text())["options"]["template"] == "{} pattern."
+    assert json.loads((tmp_path / "sep2" / "meta.json").read_text())["options"]["template"] \
+        == "{} pattern."
 
 
 def test_sep_fusion_modules_start_identical_across_layers():

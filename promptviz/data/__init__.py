@@ -22,7 +22,14 @@ from promptviz.data.datasets import (
     scan_data_root,
 )
 from promptviz.data.fewshot import few_shot, subsample_classes
-from promptviz.data.transforms import ImageDataset, clip_transform, load_images, train_transform
+from promptviz.data.transforms import (
+    ImageDataset,
+    ImageReadError,
+    clip_transform,
+    load_images,
+    read_image,
+    train_transform,
+)
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -30,6 +37,7 @@ __all__ = [
     "DatasetReport",
     "DatasetSpec",
     "ImageDataset",
+    "ImageReadError",
     "Sample",
     "clip_transform",
     "few_shot",
@@ -37,6 +45,7 @@ __all__ = [
     "format_report",
     "load_dataset",
     "load_images",
+    "read_image",
     "read_split_zhou",
     "scan_data_root",
     "subsample_classes",

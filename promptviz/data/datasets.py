@@ -23,6 +23,19 @@ image folder, labels dense ``0..C-1`` and class names written with ``_`` for
 spaces. Every dataset also gets a ``split_hash``: a short hash of the *content*
 of its split source (never of absolute paths), used to key caches so that a
 moved dataset folder keeps its caches and an edited split file invalidates them.
+
+What is refused at load time, each with one error naming the entry and the fix:
+
+* a card's ``image_dir`` and ``split_file`` must be *relative* paths that stay
+  inside the dataset folder (no absolute path, no ``..`` climbing out of it;
+  the check is on the path as written, so a symlink placed inside the folder
+  on purpose is followed); its ``template`` must hold exactly one ``{}``;
+* an ``impath`` in a split file must be relative to the image folder and stay
+  inside it (an absolute path or a ``..`` escape is an error, never looked up);
+* an image listed twice in one split, or in both ``train`` and ``test``;
+* a dataset without test images (every metric would be NaN);
+* image folders that exist but cannot be read are reported as unreadable (with
+  the reason), not as missing.
 """
 
 from __future__ import annotations
@@ -30,7 +43,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
+import string
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -49,6 +64,7 @@ FOLDER_TEMPLATE = "a photo of a {}."
 FOLDER_SPLIT_PERCENT = (60, 20, 20)  # train / val / test for a folder-per-class dir
 IMAGENET_VAL_PER_CLASS = 10  # train images held out per class as ImageNet's val split
 _IGNORED_DIRS = ("promptviz_fewshot",)  # our own cache folder is never a class
+_SCAN_SKIP = ("lost+found",)  # unreadable by design on a mount point: not a broken dataset
 
 
 # --------------------------------------------------------------------------- types
@@ -211,30 +227,111 @@ def _first(items: list[str], n: int = 5) -> str:
     return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _os_reason(e: OSError) -> str:
+    """``permission denied``, ``input/output error``...: the reason of an OSError, in words."""
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def _unreadable_error(e: OSError, what: str, folder: str | Path | None = None) -> PromptvizError:
+    """One error for a file or folder that exists (or may) but cannot be read; ``folder``
+    (the dataset's, where known) is what the suggested ``chmod`` repairs."""
+    where = str(e.filename or what)
+    fix = (f"give your user read access to it and the folders holding it (e.g. chmod -R u+rX "
+           f"{folder or where})" if isinstance(e, PermissionError)
+           else "check the path and the disk it is on")
+    context = f" while loading {what}" if where not in what else ""
+    return PromptvizError(f"Cannot read {where} ({_os_reason(e)}){context}: {fix}.")
+
+
+def _escapes(rel: str) -> bool:
+    """Whether a relative path climbs out of its base folder with ``..``."""
+    norm = posixpath.normpath(rel.replace(os.sep, "/"))
+    return norm == ".." or norm.startswith("../")
+
+
+def _check_inside(rel: str, base: Path, what: str, where: str) -> None:
+    """Refuse an absolute ``rel`` or one whose ``..`` leads out of ``base`` (checked as
+    written, so a symlink put inside ``base`` on purpose still works)."""
+    if os.path.isabs(rel):
+        hint = ""
+        if rel.startswith(f"{base}{os.sep}"):
+            hint = f" (here: {rel[len(str(base)) + 1:]!r})"
+        raise PromptvizError(
+            f"{where}: {what} {rel!r} is an absolute path, but it must be relative to {base} "
+            f"and stay inside it: write the path relative to that folder{hint}."
+        )
+    if _escapes(rel):
+        raise PromptvizError(
+            f"{where}: {what} {rel!r} leads outside {base} ('..'), but it must stay inside "
+            f"that folder: move the files into {base} and write the path relative to it."
+        )
+
+
+def _check_split_lists(keys: dict[str, list[str]], source: str) -> None:
+    """Refuse an image listed twice in one split, or in both train and test."""
+    for split, items in keys.items():
+        seen: set[str] = set()
+        dups = []
+        for k in items:
+            if k in seen:
+                dups.append(k)
+            seen.add(k)
+        if dups:
+            raise PromptvizError(
+                f"{source}: {len(dups)} duplicate entr{'y' if len(dups) == 1 else 'ies'} in "
+                f"{split!r}; listed more than once: {_first(sorted(set(dups)))}. Each image "
+                f"may appear once per split: remove the repeated entries."
+            )
+    both = sorted(set(keys.get("train", ())) & set(keys.get("test", ())))
+    if both:
+        raise PromptvizError(
+            f"{source}: {len(both)} image(s) are in both 'train' and 'test', e.g. "
+            f"{_first(both)}; testing on training images makes the accuracy meaningless. "
+            f"Remove each of them from one of the two splits."
+        )
+
+
 def _check_images(rel_paths: Iterable[str], image_dir: Path, source: str) -> None:
     """Raise one error listing every image of ``source`` missing under ``image_dir``.
 
     One ``os.listdir`` per distinct sub-folder instead of one ``stat`` per image:
     SUN397's 40k images live in ~400 folders. A name the listing lacks gets a
-    real ``os.path.exists`` too (case-insensitive file systems).
+    real ``os.path.exists`` too (case-insensitive file systems). A folder that
+    exists but cannot be listed (permissions, I/O error) makes its images
+    *unreadable*, reported as such rather than as missing.
     """
     wanted = list(dict.fromkeys(rel_paths))
     listings: dict[str, set[str] | None] = {}
-    missing = []
+    missing, unreadable = [], []
+    blocked: dict[str, str] = {}  # folder -> reason it cannot be listed
     for rel in wanted:
         parent, _, fname = rel.rpartition("/")
         if parent not in listings:
             try:
                 listings[parent] = set(os.listdir(image_dir / parent))
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 listings[parent] = None
+            except OSError as e:
+                listings[parent] = None
+                blocked[parent] = _os_reason(e)
         names = listings[parent]
+        if parent in blocked:
+            unreadable.append(rel)
+            continue
         found = names is not None and (fname in names or os.path.exists(image_dir / rel))
         if not found:
             missing.append(rel)
+    if unreadable:
+        folders = [f"{image_dir / p}".rstrip("/") + f" ({r})" for p, r in blocked.items()]
+        raise PromptvizError(
+            f"{len(unreadable)} of {len(wanted)} images listed in {source} cannot be read: "
+            f"the folder(s) holding them cannot be listed: {_first(folders, 3)}. The files "
+            f"may well be there: give your user read access (e.g. chmod -R u+rX {image_dir})."
+        )
     if not missing:
         return
-    where = f"{image_dir}" if image_dir.is_dir() else f"{image_dir} (this folder does not exist)"
+    where = (f"{image_dir}" if os.path.isdir(image_dir)
+             else f"{image_dir} (this folder does not exist)")
     raise PromptvizError(
         f"{len(missing)} of {len(wanted)} images listed in {source} are missing from {where}; "
         f"first {min(5, len(missing))}: {_first(missing)}. The dataset looks half-downloaded, "
@@ -246,8 +343,12 @@ def _check_images(rel_paths: Iterable[str], image_dir: Path, source: str) -> Non
 def _read_json(path: Path, what: str) -> tuple[object, bytes]:
     try:
         raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PromptvizError(f"{what.capitalize()} {path} not found.") from None
     except OSError as e:
-        raise PromptvizError(f"Cannot read {what} {path}: {e.strerror or e}.") from None
+        fix = ("give your user read access (chmod u+r)" if isinstance(e, PermissionError)
+               else "check that it is a readable file")
+        raise PromptvizError(f"Cannot read {what} {path} ({_os_reason(e)}): {fix}.") from None
     try:
         return json.loads(raw), raw
     except ValueError as e:
@@ -276,23 +377,29 @@ def read_split_zhou(
             f"each a list of [impath, label, classname]."
         )
     names: dict[int, set[str]] = {}
+    keys: dict[str, list[str]] = {}  # normalised impaths, to find repeats and overlaps
     for split in SPLITS:
         if not isinstance(data[split], list):
             raise PromptvizError(f"{split_path}: {split!r} must be a list of entries.")
+        keys[split] = []
         for i, item in enumerate(data[split]):
             ok = (
                 isinstance(item, (list, tuple)) and len(item) == 3
-                and isinstance(item[0], str) and isinstance(item[2], str)
+                and isinstance(item[0], str) and item[0].strip() != ""
+                and isinstance(item[2], str)
                 and isinstance(item[1], int) and not isinstance(item[1], bool) and item[1] >= 0
             )
             if not ok:
                 raise PromptvizError(
                     f"{split_path}: entry {split}[{i}] is {item!r}; every entry must be "
-                    f"[impath (str), label (int >= 0), classname (str)]."
+                    f"[impath (non-empty str), label (int >= 0), classname (str)]."
                 )
+            _check_inside(item[0], image_dir, "image path", f"{split_path}: entry {split}[{i}]")
+            keys[split].append(posixpath.normpath(item[0]))
             names.setdefault(item[1], set()).add(item[2])
     if not names:
         raise PromptvizError(f"Split file {split_path} lists no images.")
+    _check_split_lists(keys, str(split_path))
     for label in sorted(names):
         if len(names[label]) > 1:
             shown = ", ".join(repr(n) for n in sorted(names[label]))
@@ -329,23 +436,58 @@ def _load_split_zhou(
 
 
 # ------------------------------------------------------------------- dataset card
+def _template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be ``template.format(classname)`` with one slot, or None."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return f"it is not a valid format string ({e})"
+    if len(fields) != 1:
+        return f"it has {len(fields)} '{{}}' placeholders"
+    if fields[0] not in ("", "0"):
+        return f"its placeholder is {{{fields[0]}}}, not {{}}"
+    try:
+        template.format("x")
+    except (ValueError, IndexError, KeyError, AttributeError, TypeError) as e:
+        return f"it cannot be filled in ({e})"
+    return None
+
+
 def _load_card(folder: Path) -> Dataset:
     card_path = folder / CARD_FILE
     card, _ = _read_json(card_path, "dataset card")
     schema = ('{"name": "my_data", "image_dir": "images", "split_file": '
               '"split_zhou_MyData.json", "template": "a photo of a {}."}')
     keys = ("name", "image_dir", "split_file", "template")
-    bad = [k for k in keys if not isinstance(card, dict) or not isinstance(card.get(k), str)]
+    if not isinstance(card, dict):
+        raise PromptvizError(
+            f"Dataset card {card_path} must be a JSON object with the fields "
+            f"{', '.join(keys)}; a card looks like {schema}."
+        )
+    absent = [k for k in keys if k not in card]
+    if absent:
+        raise PromptvizError(
+            f"Dataset card {card_path} lacks field(s) {', '.join(absent)}; add "
+            f"{'it' if len(absent) == 1 else 'them'}: a card looks like {schema}."
+        )
+    bad = [k for k in keys if not isinstance(card[k], str)]
     if bad:
         raise PromptvizError(
-            f"Dataset card {card_path} lacks string field(s) {', '.join(bad)}; "
+            f"Dataset card {card_path}: field(s) {', '.join(bad)} must be strings; "
             f"a card looks like {schema}."
         )
-    if not card["name"].strip() or "{}" not in card["template"]:
+    if not card["name"].strip():
+        raise PromptvizError(f"Dataset card {card_path}: 'name' must be non-empty; "
+                             f"a card looks like {schema}.")
+    problem = _template_problem(card["template"])
+    if problem:
         raise PromptvizError(
-            f"Dataset card {card_path}: 'name' must be non-empty and 'template' must contain "
-            f"one '{{}}' where the class name goes (got {card['template']!r})."
+            f"Dataset card {card_path}: 'template' must contain exactly one '{{}}' where the "
+            f"class name goes, like \"a photo of a {{}}.\" (got {card['template']!r}: "
+            f"{problem}); write a literal brace as '{{{{' or '}}}}'."
         )
+    for key in ("image_dir", "split_file"):
+        _check_inside(card[key], folder, f"{key!r}", f"Dataset card {card_path}")
     augment = card.get("augment", True)
     if not isinstance(augment, bool):
         raise PromptvizError(f"Dataset card {card_path}: 'augment' must be true or false "
@@ -502,8 +644,11 @@ def _load_fgvc(spec: DatasetSpec, root: Path) -> Dataset:
                     f"{path}:{lineno}: variant {variant.strip()!r} is not listed in "
                     f"{files[0]}; the two files come from different downloads."
                 )
+            _check_inside(f"{image_id}.jpg", image_dir, "image", f"{path}:{lineno}")
             splits[split].append(Sample(str(image_dir / f"{image_id}.jpg"), label,
                                         classnames[label]))
+    _check_split_lists({s: [Path(x.impath).name for x in ss] for s, ss in splits.items()},
+                       "images_variant_{train,val,test}.txt")
     rels = (Path(s.impath).name for ss in splits.values() for s in ss)
     _check_images(rels, image_dir, "images_variant_*.txt")
     h = _short_hash(p.read_bytes() for p in files)
@@ -627,6 +772,17 @@ def _cards_under(root: Path) -> list[str]:
     return [d for d in _list_dirs(root) if (root / d / CARD_FILE).is_file()]
 
 
+def _usable(ds: Dataset) -> Dataset:
+    """``ds``, or an error when it cannot be evaluated (no test images: NaN metrics)."""
+    if not ds.test:
+        raise PromptvizError(
+            f"Dataset {ds.name} ({ds.root}) has no test images, so every accuracy would be "
+            f"NaN: add test images (the 'test' list of its split file, or test/<class>/ "
+            f"folders; a folder-per-class directory needs 2+ images in some class)."
+        )
+    return ds
+
+
 def load_dataset(name: str | Path, data_root: str | Path | None = None) -> Dataset:
     """Load a dataset by name (under ``data_root``) or by folder path.
 
@@ -637,9 +793,19 @@ def load_dataset(name: str | Path, data_root: str | Path | None = None) -> Datas
       folder-per-class directory.
 
     ``data_root=None`` falls back to ``$PROMPTVIZ_DATA``. Every image listed in
-    a split file is checked to exist (one error lists what is missing).
+    a split file is checked to exist (one error lists what is missing). A
+    dataset without test images, or a folder that cannot be read, raises a
+    PromptvizError too (never a bare OSError).
     """
-    name = str(name)
+    try:
+        return _usable(_load_dataset(str(name), data_root))
+    except OSError as e:
+        root = data_root or os.environ.get("PROMPTVIZ_DATA")
+        folder = Path(root) / str(name) if root and not looks_like_path(str(name)) else name
+        raise _unreadable_error(e, f"dataset {name}", folder) from None
+
+
+def _load_dataset(name: str, data_root: str | Path | None) -> Dataset:
     if data_root is None and os.environ.get("PROMPTVIZ_DATA"):
         data_root = os.environ["PROMPTVIZ_DATA"]
     if looks_like_path(name) or (data_root is None and Path(name).is_dir()):
@@ -699,23 +865,37 @@ def scan_data_root(data_root: str | Path) -> list[DatasetReport]:
     """Try to load every CoOp folder and every dataset card directly under ``data_root``.
 
     Folders that are neither (random downloads, folder-per-class dirs) are
-    skipped; broken datasets are reported with their error, never raised.
+    skipped; broken datasets are reported with their error, never raised. A
+    folder that cannot be read (permissions) is reported as broken with the
+    reason, since it may well be a dataset; the scan goes on with the others.
     """
     root = Path(data_root).expanduser().resolve()
-    if not root.is_dir():
-        raise PromptvizError(f"Data root {root} does not exist; pass an existing --data-root.")
+    try:
+        if not root.is_dir():
+            raise PromptvizError(
+                f"Data root {root} does not exist; pass an existing --data-root.")
+        entries = _list_dirs(root)
+    except OSError as e:
+        raise _unreadable_error(e, f"data root {root}") from None
     reports = []
-    for d in _list_dirs(root):
+    for d in entries:
         folder = root / d
-        is_card = (folder / CARD_FILE).is_file()
         spec = find_spec(d)
-        if not is_card and spec is None:
-            continue
+        is_card = False
         try:
-            ds = _load_card(folder) if is_card else _load_known(spec, folder)
-        except PromptvizError as e:
+            with os.scandir(folder) as it:  # an unreadable folder fails here, not half-way
+                next(it, None)
+            is_card = (folder / CARD_FILE).is_file()
+            if not is_card and spec is None:
+                continue
+            ds = _usable(_load_card(folder) if is_card else _load_known(spec, folder))
+        except (PromptvizError, OSError) as e:
+            if isinstance(e, OSError) and d in _SCAN_SKIP:
+                continue
+            problem = str(e) if isinstance(e, PromptvizError) else str(
+                _unreadable_error(e, str(folder), folder))
             reports.append(DatasetReport(spec.folder if spec and not is_card else d, str(folder),
-                                         False, problem=str(e)))
+                                         False, problem=problem))
             continue
         counts = {s: len(ds.split(s)) for s in SPLITS}
         reports.append(DatasetReport(ds.name, str(folder), True, ds.num_classes, counts))

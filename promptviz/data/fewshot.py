@@ -2,7 +2,8 @@
 
 ``few_shot(ds, K, seed)`` keeps K training images per class (and min(K, 4)
 validation images per class, as CoOp does); ``subsample_classes(ds, "base")``
-keeps the first ceil(C/2) classes and ``"new"`` the rest, relabelled from 0.
+keeps the first ceil(C/2) classes and ``"new"`` the rest, relabelled from 0
+(it needs 2+ classes and test images in the half it keeps).
 The base-to-novel protocol applies them in that order: few-shot first, on all
 classes, then the class split.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -35,7 +37,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from promptviz.data.datasets import Dataset, Sample
+from promptviz.data.datasets import Dataset, Sample, _first
 from promptviz.errors import PromptvizError
 
 VAL_SHOTS_MAX = 4
@@ -137,14 +139,32 @@ def _write_cache(
 def few_shot(ds: Dataset, shots: int | None, seed: int) -> Dataset:
     """K training images per class and min(K, 4) validation images per class.
 
-    ``shots`` of ``None`` or ``<= 0`` means all images (``ds`` is returned as
-    is). A class with fewer than K images keeps all of them, with one warning.
-    The test split is untouched. The result's ``split_hash`` is derived from
-    ``ds.split_hash``, K and the seed, so caches keyed by it never collide.
+    ``shots=None`` means all images (``ds`` is returned as is); otherwise K must
+    be 1 or more. A class with fewer than K images keeps all of them, with one
+    warning; a class with *no* training image (in a dataset that has some) is an
+    error naming the classes. The test split is untouched. The result's
+    ``split_hash`` is derived from ``ds.split_hash``, K and the seed, so caches
+    keyed by it never collide.
     """
-    if shots is None or shots <= 0:
+    if shots is None:
         return ds
+    if isinstance(shots, bool) or not isinstance(shots, numbers.Integral) or shots < 1:
+        raise PromptvizError(
+            f"--shots {shots} is not a number of training images per class: use 1 or more "
+            f"(CoOp's protocols use 1, 2, 4, 8 or 16; library callers pass shots=None for "
+            f"all images)."
+        )
     shots, seed = int(shots), int(seed)
+    if ds.train:
+        have = {s.label for s in ds.train}
+        empty = [ds.classnames[i] for i in range(ds.num_classes) if i not in have]
+        if empty:
+            raise PromptvizError(
+                f"{ds.name}: {len(empty)} of {ds.num_classes} classes have no training images "
+                f"({_first(empty)}), so --shots {shots} cannot draw any for them: add "
+                f"training images for these classes to the dataset's train split, or remove "
+                f"the classes."
+            )
     short = [lab for lab, g in _by_label(ds.train).items() if len(g) < shots]
     if short:
         warnings.warn(
@@ -171,11 +191,24 @@ def subsample_classes(ds: Dataset, which: str) -> Dataset:
         return ds
     if which not in ("base", "new"):
         raise PromptvizError(f"Unknown class subset {which!r}: use 'base', 'new' or 'all'.")
+    if ds.num_classes < 2:
+        raise PromptvizError(
+            f"{ds.name} has {ds.num_classes} class(es), but the base-to-novel protocol "
+            f"(--protocol base2new) splits the classes into a base and a new half and needs "
+            f"at least 2: use --protocol fewshot, or add classes to the dataset."
+        )
     m = math.ceil(ds.num_classes / 2)
     lo, hi = (0, m) if which == "base" else (m, ds.num_classes)
 
     def keep(samples: list[Sample]) -> list[Sample]:
         return [replace(s, label=s.label - lo) for s in samples if lo <= s.label < hi]
 
+    test = keep(ds.test)
+    if not test:
+        raise PromptvizError(
+            f"{ds.name}: its {which} classes ({_first(ds.classnames[lo:hi])}) have no test "
+            f"images, so their accuracy would be NaN: add test images for them, or use "
+            f"--protocol fewshot."
+        )
     return replace(ds, classnames=ds.classnames[lo:hi], train=keep(ds.train), val=keep(ds.val),
-                   test=keep(ds.test), split_hash=_derived_hash(ds.split_hash, which))
+                   test=test, split_hash=_derived_hash(ds.split_hash, which))

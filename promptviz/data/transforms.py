@@ -62,6 +62,42 @@ def train_transform(
     ])
 
 
+class ImageReadError(PromptvizError):
+    """An image that cannot be used. Raised in a ``DataLoader`` worker, torch re-raises it in
+    the main process as ``ImageReadError("Caught … Original Traceback … ImageReadError: msg")``;
+    the constructor keeps only ``msg``, so the CLI still prints one line, no traceback."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+
+def read_image(path: str) -> Image.Image:
+    """The image at ``path`` as RGB, or one PromptvizError naming the file and saying why it
+    cannot be used: missing, unreadable (permissions), over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``), or truncated / corrupt / not an image."""
+    fix = "re-download it, or remove it from the split file"
+    try:
+        with Image.open(path) as im:
+            image = _to_rgb(im)
+            image.load()
+        return image
+    except FileNotFoundError:
+        problem = f"the file is missing: {fix}"
+    except PermissionError:
+        problem = ("permission denied: give your user read access to it (e.g. chmod u+r), "
+                   "or remove it from the split file")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        problem = (f"it is over PIL's decompression-bomb limit ({e}); a corrupt or hostile "
+                   f"file, or a huge image: shrink it or remove it from the split file (or, "
+                   f"if you trust it, raise PIL.Image.MAX_IMAGE_PIXELS)")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        problem = f"the file is truncated, corrupt or not an image ({e}): {fix}"
+    raise ImageReadError(f"Cannot read image {path}: {problem}.")
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A list of samples as a torch dataset: item ``i`` is ``(image, label, i)``.
 
@@ -79,15 +115,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        try:
-            with Image.open(sample.impath) as im:
-                image = _to_rgb(im)
-                image.load()
-        except OSError as e:
-            raise PromptvizError(
-                f"Cannot read image {sample.impath} ({e}). The file is missing, truncated or "
-                f"not an image: re-download it, or remove it from the split file."
-            ) from None
+        image = read_image(sample.impath)
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label, index

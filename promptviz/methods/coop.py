@@ -40,6 +40,11 @@ class PromptLearner(nn.Module):
         width = backbone.text_width
         if ctx_init:
             ids = backbone.tokenize([ctx_init])
+            if ids[0, -1] != 0:                                 # filled up: cut short
+                raise PromptvizError(
+                    f"ctx_init {ctx_init[:40]!r}… does not fit the text encoder's "
+                    f"{ids.shape[1]} tokens; shorten --set ctx_init= (a few words, e.g. "
+                    "'a photo of a')")
             n_ctx = int((ids[0] > 0).sum()) - 2                 # minus SOS and EOT
             with torch.no_grad():
                 ctx = backbone.token_embedding(ids)[0, 1:1 + n_ctx].float()
@@ -69,9 +74,13 @@ class PromptLearner(nn.Module):
         bb = self.backbone[0]
         names = [c.replace("_", " ") for c in classnames]
         ids = bb.tokenize([f"{self.placeholder} {n}." for n in names])
-        if (ids.argmax(-1) >= ids.shape[1] - 1).any():
-            raise PromptvizError("a class name is too long for the text encoder's context "
-                                 f"length {ids.shape[1]} with {self.n_ctx} context tokens")
+        too_long = (ids.argmax(-1) >= ids.shape[1] - 1).nonzero().flatten().tolist()
+        if too_long:
+            raise PromptvizError(
+                f"{len(too_long)} prompt(s) do not fit the text encoder's {ids.shape[1]} "
+                f"tokens with {self.n_ctx} context tokens (e.g. class {names[too_long[0]]!r}); "
+                "use fewer context tokens (--set n_ctx= or a shorter ctx_init) or shorter "
+                "class names")
         with torch.no_grad():
             emb = bb.token_embedding(ids)
         self.register_buffer("ids", ids, persistent=False)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
+import os
 import random
 import shutil
 import tempfile
@@ -241,34 +243,89 @@ def _build_one(spec: DatasetSpec, root: Path, seed: int, image_size: int,
     return final
 
 
+MAX_IMAGE_SIZE = 512  # 512 scenes are rendered at once: 512 px already needs ~2 GB
+
+
+def _check_build_args(image_size: int, n_train: int, n_val: int, n_test: int,
+                      datasets: list[str] | None, workers: int) -> list[str]:
+    """The dataset folders to build, or one error naming every bad argument by its flag."""
+    def whole(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    bad = []
+    if not (whole(image_size) and image_size % GT_PATCH == 0
+            and 16 <= image_size <= MAX_IMAGE_SIZE):
+        bad.append(f"--image-size {image_size} (use a multiple of {GT_PATCH} from 16 to "
+                   f"{MAX_IMAGE_SIZE}, e.g. 64)")
+    for flag, v, least, why in (("--n-train", n_train, 1, "something to train on"),
+                                ("--n-val", n_val, 0, "0 means no validation images"),
+                                ("--n-test", n_test, 1, "something to test on")):
+        if not (whole(v) and v >= least):
+            bad.append(f"{flag} {v} (use {least} or more images per class: {why})")
+    if not (whole(workers) and workers >= 1):
+        bad.append(f"workers={workers} (use 1 or more)")
+    names = list(dict.fromkeys(datasets or ()))
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        bad.append(f"--datasets {' '.join(map(str, unknown))} (unknown; the ToyWorld datasets "
+                   f"are {', '.join(DATASETS)})")
+    if bad:
+        raise PromptvizError("invalid ToyWorld build setting(s): " + "; ".join(bad))
+    return names or list(DATASETS)
+
+
+def _writable_root(out: str | Path) -> Path:
+    """``out`` as an existing folder this process can write to, or one clear error; checked
+    before anything is rendered."""
+    root = Path(out).expanduser()
+    if root.exists() and not root.is_dir():
+        raise PromptvizError(f"--out {root} is a file, not a folder: pick another --out (the "
+                             f"suite writes one sub-folder per dataset there) or move the file.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test.", dir=root))
+    except OSError as e:
+        raise PromptvizError(
+            f"cannot write the ToyWorld suite to --out {root} "
+            f"({(e.strerror or str(e)).lower()}): pick a folder you can write to."
+        ) from None
+    return root
+
+
 def build_suite(out: str | Path, seed: int = 0, image_size: int = 64, n_train: int = 24,
                 n_val: int = 8, n_test: int = 30, datasets: list[str] | None = None,
                 workers: int = 4) -> list[Path]:
     """Write the ToyWorld downstream datasets under ``out``; return their folders.
 
     ``n_train``/``n_val``/``n_test`` are images per class (the 16-shot protocol
-    needs ``n_train >= 16``; the defaults give 24). ``datasets`` picks folders
-    from :data:`DATASETS` (default: all). Datasets already built with the same
-    settings are skipped, so calling this again is cheap.
+    needs ``n_train >= 16``; the defaults give 24); ``n_train`` and ``n_test``
+    must be 1 or more, ``n_val`` 0 or more, ``image_size`` a multiple of 8 from
+    16 to 512. ``datasets`` picks folders from :data:`DATASETS` (default: all).
+    Every argument and ``out`` (a folder that can be written to) are checked
+    before anything is rendered. Datasets already built with the same settings
+    are skipped, so calling this again is cheap.
     """
-    unknown = sorted(set(datasets or ()) - set(DATASETS))
-    if unknown:
-        raise PromptvizError(f"unknown ToyWorld dataset(s) {unknown}; choose from {list(DATASETS)}")
-    if image_size % GT_PATCH or image_size < 16:
-        raise PromptvizError(f"image_size must be a multiple of {GT_PATCH} and >= 16, "
-                             f"got {image_size}")
-    if min(n_train, n_val, n_test) < 0 or n_test == 0:
-        raise PromptvizError("n_train and n_val must be >= 0 and n_test >= 1 images per class")
-    root = Path(out).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    counts = {"train": n_train, "val": n_val, "test": n_test}
+    names = _check_build_args(image_size, n_train, n_val, n_test, datasets, workers)
+    image_size, seed = int(image_size), int(seed)
+    root = _writable_root(out)
+    counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     # Render on one core and leave the others to the PNG-writing threads:
     # oversubscribed intra-op threads made rendering ~5x slower in our measurements.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [_build_one(DATASETS[name], root, seed, image_size, counts, workers)
-                for name in (datasets or DATASETS)]
+        folders = []
+        for name in names:
+            try:
+                folders.append(_build_one(DATASETS[name], root, seed, image_size, counts,
+                                          int(workers)))
+            except OSError as e:  # disk full, folder made read-only meanwhile...
+                raise PromptvizError(
+                    f"writing ToyWorld dataset {name} under {root} failed "
+                    f"({(e.strerror or str(e)).lower()}: {e.filename or root}); its partial "
+                    f"folder was removed: free some space or pick another --out, then re-run."
+                ) from None
+        return folders
     finally:
         torch.set_num_threads(threads)
 

@@ -172,6 +172,17 @@ def _ctrl_c_at(monkeypatch, name: str, k: int, main_thread_only: bool = False) -
     return calls
 
 
+@pytest.fixture()
+def python_sigint():
+    """SIGINT as in a fresh ``promptviz`` process: Python's own handler (KeyboardInterrupt).
+    Earlier tests in the same pytest process (the browser tests' libraries) may leave
+    another handler installed, under which pretraining rightly leaves SIGINT alone."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_saves_the_state_and_a_rerun_resumes_there(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(_args(tmp_path / "full", 6)) == 0
@@ -189,6 +200,7 @@ def test_ctrl_c_saves_the_state_and_a_rerun_resumes_there(tmp_path, monkeypatch,
     assert all(torch.equal(a[k], b[k]) for k in a)    # and exactly where it stopped
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_the_warm_start_is_saved_on_ctrl_c_and_when_it_ends(tmp_path, monkeypatch, capsys):
     argv = ["pretrain", "--out", str(tmp_path / "run"), "--model", "pv-tiny", "--steps", "3",
             "--batch-size", "4", "--warm-steps", "4", "--quiet"]

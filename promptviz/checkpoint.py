@@ -38,6 +38,17 @@ def load_state(path: Path) -> dict[str, Any]:
                              "to start from scratch") from None
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give a written file the mode a plain ``open()`` would (0666 less the umask): the
+    safetensors writer and ``mkstemp`` create files only their owner can read, which other
+    users of a shared machine (or a container) then cannot load."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` a temporary file beside ``path``, then rename it into place. The temporary
     name is unique to the writer (two processes filling one shared cache entry never write
@@ -47,6 +58,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
+        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -72,6 +84,7 @@ def save_checkpoint(out: Path, state: dict[str, Tensor], meta: dict[str, Any]) -
     tmp_w, tmp_m = out / f".{WEIGHTS}.{tag}.tmp", out / f".{META}.{tag}.tmp"
     try:
         save_file(tensors, str(tmp_w), metadata={"method": str(meta.get("method", ""))})
+        usual_mode(tmp_w)
         tmp_m.write_text(json.dumps(meta, indent=2))
         (out / META).unlink(missing_ok=True)     # never the new weights beside the old meta
         os.replace(tmp_w, out / WEIGHTS)

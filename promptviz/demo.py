@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from promptviz.backbone import load_clip
+from promptviz.data import load_dataset
 from promptviz.evaluate import HM_CONVENTION, format_pm
-from promptviz.train import TrainConfig, load_method, run
+from promptviz.train import TrainConfig, check_device, load_method, run
 from promptviz.viz import Report, accuracy_bars, read_weights_heatmap, results_table_html
 from promptviz.viz.sep import selected_for_image, selection_map
 
@@ -108,7 +110,12 @@ def run_demo(cfg: DemoConfig) -> Path:
     from promptviz.toyworld.suite import build_suite
 
     t0 = time.perf_counter()
+    for method in cfg.methods:                  # every mistake before the first run trains
+        TrainConfig(method=method, shots=cfg.shots, epochs=cfg.epochs).resolved().validate()
+    load_clip(cfg.backbone, check_device(cfg.device))
     build_suite(cfg.data_root)
+    for dataset in cfg.datasets:
+        load_dataset(dataset, cfg.data_root)
     report = Report("promptviz demo: prompt tuning on ToyWorld")
     report.paragraph(
         f"Backbone {cfg.backbone}; base-to-novel: train on the first half of the classes "

@@ -23,7 +23,7 @@ from promptviz.data import load_dataset
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, aggregate, evaluate, mean_std
 from promptviz.methods import build_method
-from promptviz.train import TrainConfig, run
+from promptviz.train import TrainConfig, check_device, run
 
 TRAIN_SETS = ("toy_shapes", "toy_textures", "toy_fine", "toy_scenes", "toy_paints")
 SHIFTED = ("toy_shapes_sketch", "toy_shapes_noisy", "toy_shapes_shifted")
@@ -160,8 +160,19 @@ def markdown(card: dict) -> str:
             + ", ".join(f"{k} {v:+.1f}" for k, v in bars["shift_drop"].items()) + " points.\n")
 
 
+def check_card(cfg: CardConfig) -> None:
+    """The card's settings, its device and backbone, checked before its first run."""
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise PromptvizError(f"--seeds {' '.join(map(str, cfg.seeds))}: give one or more "
+                             "different seeds (a repeated seed would count twice in the means)")
+    TrainConfig(method="coop", epochs=cfg.epochs).resolved().validate()
+    check_device(cfg.device)
+    load_clip(cfg.backbone, cfg.device)
+
+
 def make_card(cfg: CardConfig) -> dict:
     from promptviz.toyworld.suite import build_suite
+    check_card(cfg)
     build_suite(cfg.data_root)
     zero_shot = zero_shot_accuracy(cfg)
     zs_b2n = base_to_novel(cfg, "zeroshot")

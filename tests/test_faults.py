@@ -381,3 +381,29 @@ def test_readme_states_a_promise_for_every_command():
             return [prefix]
         return [c for name, p in subs[0].choices.items() for c in commands(p, f"{prefix} {name}")]
     assert sorted(rows) == sorted(commands(build_parser(), "promptviz"))
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["demo", "--device", "tpu"], "unknown device"),
+    (["demo", "--backbone", "ViT-B-32"], "names an architecture"),
+    (["toyworld", "card", "--seeds", "1", "1"], "--seeds 1 1"),
+    (["toyworld", "card", "--epochs", "-1"], "--epochs -1"),
+    (["toyworld", "card", "--device", "tpu"], "unknown device"),
+])
+def test_demo_and_card_check_before_building_or_training(tmp_path, capsys, argv, fragment):
+    data, out = tmp_path / "toyworld", tmp_path / "out"
+    fails([*argv, "--data-root", str(data), "--out", str(out), "--quiet"], capsys, fragment)
+    assert not data.exists() and not out.exists()
+
+
+def test_written_files_have_the_usual_mode(finished, tmp_path):
+    """Checkpoints are readable as any file the user writes (safetensors makes them 0600)."""
+    import open_clip
+
+    from promptviz.backbone import load_clip, save_clip
+    umask = os.umask(0)
+    os.umask(umask)
+    save_clip(load_clip("pv-tiny").model, tmp_path / "w.safetensors",
+              open_clip.get_model_config("pv-tiny"))
+    paths = [finished / "model.safetensors", finished / "meta.json", tmp_path / "w.safetensors"]
+    assert {oct(p.stat().st_mode & 0o777) for p in paths} == {oct(0o666 & ~umask)}

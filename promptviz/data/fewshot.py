@@ -37,6 +37,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from promptviz.checkpoint import usual_mode
 from promptviz.data.datasets import Dataset, Sample, _first
 from promptviz.errors import PromptvizError
 
@@ -126,6 +127,7 @@ def _write_cache(
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=0)
+            usual_mode(tmp)
             os.replace(tmp, path)  # atomic: readers never see half a file
             return path
         except OSError:

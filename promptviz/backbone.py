@@ -567,6 +567,13 @@ def _read_state(path: Path) -> dict[str, Tensor]:
             "refused)") from None
     if not isinstance(state, dict) or not state:
         raise PromptvizError(f"{path} holds no state dict of tensors; give the weights file")
+    other = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if other:
+        nested = [k for k in other if isinstance(state[k], dict)]
+        hint = (f"; the weights may be under {nested[0]!r}: save that entry alone"
+                if nested else "")
+        raise PromptvizError(f"{path} holds entries that are not tensors ({', '.join(other[:3])}"
+                             f"){hint}; give a file with the model's state dict only")
     return state
 
 

@@ -13,3 +13,8 @@ class PromptvizError(Exception):
     """A user error: the message says what is wrong and how to fix it."""
 
     exit_code: int = 2
+
+
+class Diverged(PromptvizError):
+    """Training produced NaN or infinite losses, weights or scores. A run cannot go on from
+    there, so ``train.run`` removes its ``resume.pt`` (and the ``--out`` it created)."""

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from promptviz.data import ImageDataset, Sample, clip_transform
-from promptviz.errors import PromptvizError
+from promptviz.errors import Diverged, PromptvizError
 from promptviz.methods import Method
 from promptviz.progress import progress_bar
 
@@ -54,7 +54,7 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
             finite &= logits.isfinite().all()
             correct += (logits.argmax(-1) == labels).sum()
     if not finite:             # argmax of NaN is an arbitrary class: no accuracy to report
-        raise PromptvizError(f"the {method.name} model's scores are NaN or infinite ({desc}); "
+        raise Diverged(f"the {method.name} model's scores are NaN or infinite ({desc}); "
                              "its weights diverged: train again with a lower --lr")
     return 100.0 * correct.item() / len(samples)
 

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -162,12 +163,8 @@ class PretrainConfig:
             whole("image_size", 16, "None (the --model's own size) or a whole number >= 16")
         for name in ("log_every", "save_every", "probe_every"):
             whole(name, 1, "a whole number of steps >= 1")
-        if isinstance(self.device, str):
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                bad.append(f"--device {self.device!r}: give cpu, cuda or cuda:N")
-        else:
+        if not (isinstance(self.device, str)
+                and re.fullmatch(r"cpu|cuda(:\d+)?", self.device.strip())):
             bad.append(f"--device {self.device!r}: give cpu, cuda or cuda:N")
         if bad:
             raise PromptvizError("bad pretrain setting" + ("s" if len(bad) > 1 else "")

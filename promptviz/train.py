@@ -47,7 +47,8 @@ from promptviz.data import (
     subsample_classes,
     train_transform,
 )
-from promptviz.errors import PromptvizError
+from promptviz.data.datasets import looks_like_path
+from promptviz.errors import Diverged, PromptvizError
 from promptviz.evaluate import PRECISIONS, autocast_for, evaluate, harmonic_mean, resolve_precision
 from promptviz.methods import Method, build_method, method_class
 from promptviz.methods.base import SELECTIONS
@@ -131,11 +132,6 @@ class TrainConfig:
             bad.append(f"--precision {self.precision} (use one of {', '.join(PRECISIONS)})")
         if bad:
             raise PromptvizError("invalid setting: " + "; ".join(bad))
-
-
-class Diverged(PromptvizError):
-    """Training produced NaN or infinite losses, weights or scores: the run cannot go on, so
-    :func:`run` removes its ``resume.pt`` (and ``--out`` when that leaves it empty)."""
 
 
 def set_seed(seed: int) -> None:
@@ -496,11 +492,12 @@ _NOT_IN_REQUEST = (*_NOT_IN_KEY, "num_workers", "data_root")
 
 
 def request_key(cfg: TrainConfig) -> str:
-    """What was asked for, as a short hash: the resolved config less :data:`_NOT_IN_REQUEST`,
-    without the backbone's weights. Files in an ``--out`` folder that carry another request
-    key belong to another run, which :func:`run` does not overwrite unless told to."""
-    facts = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items()
-             if k not in _NOT_IN_REQUEST}
+    """What was asked for, as a short hash: the config as given (``None`` for a method's
+    default, so that the same command is the same request after a default changes) less
+    :data:`_NOT_IN_REQUEST`, without the backbone's weights. Files in an ``--out`` folder
+    that carry another request key belong to another run, which :func:`run` does not
+    overwrite unless told to."""
+    facts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_REQUEST}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -600,6 +597,7 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
     if not overwrite:
         check_owner(out, cfg, request, ds.name)
+    created = not out.exists()
     prepare_out(out)
     (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     t0 = time.perf_counter()
@@ -607,7 +605,7 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
         history = train_method(method, train_set, cfg, out, weights)
     except Diverged:             # resuming would diverge again: leave --out as it was
         (out / RESUME).unlink(missing_ok=True)
-        if not any(out.iterdir()):
+        if created and not any(out.iterdir()):
             out.rmdir()
         raise
     train_seconds = time.perf_counter() - t0
@@ -616,7 +614,9 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "backbone": cfg.backbone, "dataset": ds.name, "protocol": cfg.protocol,
             "shots": cfg.shots, "seed": cfg.seed, "classnames": train_set.classnames,
             "template": train_set.template, "config": dataclasses.asdict(cfg),
-            "request": request, "data_root": str(Path(cfg.data_root).expanduser().resolve())}
+            "request": request, "data_root": str(Path(cfg.data_root).expanduser().resolve()),
+            "dataset_path": str(Path(cfg.dataset).expanduser().resolve())
+            if looks_like_path(cfg.dataset) else None}
     save_checkpoint(out, method.trainable_state(), meta)
     t1 = time.perf_counter()
     metrics = evaluate_protocol(method, eval_sets, cfg)
@@ -678,7 +678,7 @@ def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str 
             f"checkpoint {checkpoint} was trained on backbone {meta['backbone']!r}, not "
             f"{backbone!r}; drop --backbone or use a checkpoint of that backbone")
     if dataset is None:
-        dataset = config["dataset"]
+        dataset = meta.get("dataset_path") or config["dataset"]
         data_root = data_root or meta.get("data_root") or config.get("data_root")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{**{k: v for k, v in config.items() if k in known},

@@ -407,3 +407,56 @@ def test_written_files_have_the_usual_mode(finished, tmp_path):
               open_clip.get_model_config("pv-tiny"))
     paths = [finished / "model.safetensors", finished / "meta.json", tmp_path / "w.safetensors"]
     assert {oct(p.stat().st_mode & 0o777) for p in paths} == {oct(0o666 & ~umask)}
+
+
+# ------------------------------------------------------- found by review (see issue #25)
+def test_divergence_seen_on_validation_leaves_out_as_it_was(tiny_root, tmp_path, capsys):
+    """TextRefiner scores the validation shots after every epoch (best_val): NaN scores
+    there are a divergence too, and a folder the user made stays (empty)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    argv = ["train", "--method", "textrefiner", *BASE, "--data-root", str(tiny_root), "--out",
+            str(out), "--shots", "2", "--epochs", "2", "--lr", "1e30"]
+    fails(argv, capsys, "NaN or infinite")
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_state_dict_with_other_entries(tiny_root, tmp_path, capsys):
+    from promptviz.backbone import load_clip
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": load_clip("pv-tiny").model.state_dict(), "epoch": 3}, path)
+    fails([*train(tiny_root, tmp_path / "run"), "--backbone", f"pv-tiny:{path}"], capsys,
+          "not tensors", "under 'model'")
+
+
+def test_pretrain_refuses_a_device_it_cannot_use(tmp_path, capsys):
+    fails(["pretrain", "--out", str(tmp_path / "p"), "--device", "mps", "--quiet"], capsys,
+          "--device 'mps'")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_full_disk_leaves_no_half_few_shot_cache(tiny_root, tmp_path, monkeypatch):
+    import promptviz.data.fewshot as fs
+    from promptviz.data import few_shot, load_dataset
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root / "dtd", root / "dtd",
+                    ignore=shutil.ignore_patterns("promptviz_fewshot"))   # no cached draw
+    monkeypatch.setenv("PROMPTVIZ_CACHE", str(tmp_path / "cache"))
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fs.json, "dump", full)
+    with pytest.warns(UserWarning, match="Could not write the few-shot cache"):
+        few_shot(load_dataset("dtd", root), 2, seed=1)
+    assert [p for p in tmp_path.rglob(".tmp-*")] == []
+
+
+def test_eval_finds_a_relative_dataset_path_from_elsewhere(tiny_root, tmp_path, monkeypatch,
+                                                           capsys):
+    shutil.copytree(tiny_root / "dtd" / "images", tmp_path / "textures")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "zeroshot", "--backbone", "pv-tiny", "--dataset",
+                 "./textures", "--out", "run", "--quiet", "--cache-dir", ""]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["eval", "--checkpoint", "../run", "--quiet"]) == 0

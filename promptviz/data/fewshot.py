@@ -125,13 +125,17 @@ def _write_cache(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        except OSError:
+            continue  # read-only dataset folder: try the user cache
+        try:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=0)
             usual_mode(tmp)
             os.replace(tmp, path)  # atomic: readers never see half a file
             return path
         except OSError:
-            continue  # read-only dataset folder: try the user cache
+            Path(tmp).unlink(missing_ok=True)   # a full disk: no half file left behind
+            continue
     warnings.warn(f"Could not write the few-shot cache of {ds.name} anywhere; continuing "
                   f"without it.", stacklevel=3)
     return None

@@ -9,6 +9,7 @@ corrupt checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -47,6 +48,44 @@ def usual_mode(path: str | Path) -> None:
     safetensors writer and ``mkstemp`` create files only their owner can read, which other
     users of a shared machine (or a container) then cannot load."""
     os.chmod(path, 0o666 & ~_UMASK)
+
+
+def check_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse, before anything is written, an ``out`` that cannot become a folder this
+    process can write to: a file, a path below a file, a read-only place."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PromptvizError(f"{flag} {out} is a file, not a folder; give a folder path")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PromptvizError(f"{flag} {out}: {existing} is a file, so no folder can be made "
+                             f"there; give another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PromptvizError(f"{flag} {out}: {existing} is not writable; give a folder you "
+                             "can write to")
+
+
+def make_folder(out: Path, flag: str = "--out") -> bool:
+    """Make ``out`` (:func:`check_folder` first) and prove it can be written by writing and
+    removing a probe file; on failure nothing it made is left. Returns whether it made it."""
+    out = Path(out)
+    check_folder(out, flag)
+    created = not out.exists()
+    probe = out / f".promptviz-write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise PromptvizError(f"{flag} {out}: cannot write there ({e.strerror or e}); give a "
+                             "folder you can write to") from None
+    return created
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

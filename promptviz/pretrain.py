@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import signal
@@ -32,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -44,7 +43,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 
 from promptviz.backbone import _register_configs, save_clip
-from promptviz.checkpoint import atomic_torch_save, atomic_write_text, load_state
+from promptviz.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    check_folder,
+    load_state,
+    make_folder,
+)
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
 from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
@@ -564,39 +569,6 @@ def _model_image_size(model_cfg: dict[str, Any], cfg: PretrainConfig) -> int:
     return size
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an --out that cannot become a writable folder, before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise PromptvizError(f"--out {out} is a file, not a folder; give a folder (new, or an "
-                             "earlier run's --out to resume it)")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PromptvizError(f"--out {out}: {existing} is a file, so no folder can be made "
-                             "there; give another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PromptvizError(f"--out {out}: {existing} is not writable; give a folder you "
-                             "can write to")
-
-
-def _prepare_out(out: Path) -> None:
-    """Make the --out folder and prove it is writable (write and remove a probe file)."""
-    created = not out.exists()
-    probe = out / f".promptviz-write-test-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        with suppress(OSError):
-            probe.unlink(missing_ok=True)
-            if created and not any(out.iterdir()):
-                out.rmdir()
-        raise PromptvizError(f"--out {out}: cannot write there ({_reason(e)}); give a folder "
-                             "you can write to") from None
-
-
 def _weights_file(source: Path, flag: str) -> Path:
     weights = source / "toyclip.safetensors" if source.is_dir() else source
     if not weights.is_file():
@@ -653,7 +625,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise PromptvizError(f"--device {cfg.device} was asked for but no CUDA GPU is "
                              "visible; pass --device cpu")
     out = Path(cfg.out)
-    _check_out(out)
+    check_folder(out)
     state_path = out / STATE
     resuming = state_path.is_file()
     saved = None
@@ -684,7 +656,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         warm_weights = load_warm_start(model.visual, Path(cfg.warm_from).expanduser())
     if cfg.init_from and not resuming:
         load_weights(model, Path(cfg.init_from).expanduser(), prefix="", flag="--init-from")
-    _prepare_out(out)
+    make_folder(out)
     if cfg.logit_scale > 0:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(cfg.logit_scale))

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from promptviz.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
     load_state,
+    make_folder,
     save_checkpoint,
 )
 from promptviz.data import (
@@ -501,21 +501,6 @@ def request_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_out(out: Path) -> None:
-    """Create ``out`` and write a probe file there: an ``--out`` that is a file or cannot be
-    written is reported before any work, not after an epoch of training."""
-    if out.exists() and not out.is_dir():
-        raise PromptvizError(f"--out {out} is a file, not a folder; give a folder path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".promptviz-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise PromptvizError(f"cannot write into --out {out} ({e.strerror or e}); choose a "
-                             "folder you can write to") from None
-
-
 def _describe(found: dict[str, Any]) -> str:
     what = [str(found.get(k)) for k in ("method", "dataset") if found.get(k)]
     if "shots" in found:
@@ -597,8 +582,7 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
     if not overwrite:
         check_owner(out, cfg, request, ds.name)
-    created = not out.exists()
-    prepare_out(out)
+    created = make_folder(out)
     (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     t0 = time.perf_counter()
     try:

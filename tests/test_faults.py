@@ -152,7 +152,7 @@ def test_out_that_is_a_file(tiny_root, tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
     fails(train(tiny_root, target), capsys, "is a file, not a folder")
-    fails(train(tiny_root, target / "sub"), capsys, "cannot write into --out")
+    fails(train(tiny_root, target / "sub"), capsys, "is a file, so no folder can be made")
     assert target.read_text() == "x"
 
 
@@ -167,8 +167,7 @@ def test_read_only_out_found_before_training(tiny_root, tmp_path, capsys, monkey
             raise PermissionError(13, "Permission denied", str(self))
         return real(self, data)
     monkeypatch.setattr(Path, "write_bytes", read_only)
-    fails(coop(tiny_root, tmp_path / "ro"), capsys, "cannot write into --out",
-          "Permission denied")
+    fails(coop(tiny_root, tmp_path / "ro"), capsys, "cannot write there", "Permission denied")
     assert not trained
 
 

@@ -404,7 +404,7 @@ def test_toyworld_out_is_a_file(tmp_path, capsys):
                    "--n-test", "1"], "is a file, not a folder", "--out")
     assert target.read_text() == "keep me"
     fails(capsys, ["toyworld", "build", "--out", str(target / "sub"), "--n-train", "1"],
-          "cannot write the ToyWorld suite")
+          "is a file, so no folder can be made there")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
@@ -416,12 +416,12 @@ def test_toyworld_out_read_only(tmp_path, capsys, monkeypatch):
     else:  # root writes anywhere: make the folder refuse new entries as a read-only one does
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(ro))
-        monkeypatch.setattr(suite.tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(suite.Path, "write_bytes", refuse)
     rendered = []
     monkeypatch.setattr(suite, "render_scenes", lambda *a, **k: rendered.append(1))
     try:
         fails(capsys, ["toyworld", "build", "--out", str(ro), "--n-train", "1", "--n-test", "1"],
-              "cannot write the ToyWorld suite", "permission denied", "a folder you can write to")
+              "cannot write there", "Permission denied", "a folder you can write to")
     finally:
         ro.chmod(0o755)
     assert rendered == [] and list(ro.iterdir()) == []

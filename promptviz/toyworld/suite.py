@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
 import random
 import shutil
 import tempfile
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from promptviz.checkpoint import make_folder
 from promptviz.errors import PromptvizError
 from promptviz.toyworld.captions import PAINT_WORDS
 from promptviz.toyworld.render import patch_labels, render_scenes
@@ -274,24 +274,6 @@ def _check_build_args(image_size: int, n_train: int, n_val: int, n_test: int,
     return names or list(DATASETS)
 
 
-def _writable_root(out: str | Path) -> Path:
-    """``out`` as an existing folder this process can write to, or one clear error; checked
-    before anything is rendered."""
-    root = Path(out).expanduser()
-    if root.exists() and not root.is_dir():
-        raise PromptvizError(f"--out {root} is a file, not a folder: pick another --out (the "
-                             f"suite writes one sub-folder per dataset there) or move the file.")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test.", dir=root))
-    except OSError as e:
-        raise PromptvizError(
-            f"cannot write the ToyWorld suite to --out {root} "
-            f"({(e.strerror or str(e)).lower()}): pick a folder you can write to."
-        ) from None
-    return root
-
-
 def build_suite(out: str | Path, seed: int = 0, image_size: int = 64, n_train: int = 24,
                 n_val: int = 8, n_test: int = 30, datasets: list[str] | None = None,
                 workers: int = 4) -> list[Path]:
@@ -307,7 +289,8 @@ def build_suite(out: str | Path, seed: int = 0, image_size: int = 64, n_train: i
     """
     names = _check_build_args(image_size, n_train, n_val, n_test, datasets, workers)
     image_size, seed = int(image_size), int(seed)
-    root = _writable_root(out)
+    root = Path(out).expanduser()
+    make_folder(root)
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     # Render on one core and leave the others to the PNG-writing threads:
     # oversubscribed intra-op threads made rendering ~5x slower in our measurements.

@@ -82,27 +82,3 @@ def _seed_torch():
     """Every test starts from the same global RNG state (method init draws from it)."""
     import torch
     torch.manual_seed(0)
-
-
-def fails(argv: list[str], capsys: pytest.CaptureFixture, *fragments: str, code: int = 2) -> str:
-    """Run the command line; it must exit ``code`` with exactly one ``error:`` line that holds
-    every fragment (case-insensitive) and no traceback. Returns that line. Shared by the
-    fault tests (``from conftest import fails``)."""
-    from promptviz.cli import main
-    try:
-        rc = main(argv)
-    except SystemExit as e:          # argparse's own checks
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == code, err
-    return error_line(err, *fragments)
-
-
-def error_line(err: str, *fragments: str) -> str:
-    """The one ``error:`` line of ``err`` (no traceback), holding every fragment."""
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]

@@ -16,11 +16,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fails
 
 from promptviz.cli import main
 
 BASE = ["--backbone", "pv-tiny", "--dataset", "dtd", "--quiet", "--cache-dir", ""]
+
+
+def fails(argv: list[str], capsys, *fragments: str, code: int = 2) -> str:
+    """Run the CLI; it must exit ``code`` with one ``error:`` line holding ``fragments``."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:          # argparse's own checks
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
 
 
 def train(tiny_root: Path, out: Path, *extra: str) -> list[str]:

@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import fails
 from PIL import Image
 
 from promptviz.cli import main
@@ -73,6 +72,18 @@ def edit_card(folder: Path, **fields) -> None:
     card = json.loads(path.read_text())
     card.update(fields)
     path.write_text(json.dumps({k: v for k, v in card.items() if v is not None}))
+
+
+def fails(capsys, argv: list[str], *words: str, code: int = 2) -> str:
+    """Run the CLI, expect ``code`` and one ``error:`` line holding every word; no traceback."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    return lines[0]
 
 
 def train(folder: Path, out: Path, *extra: str) -> list[str]:
@@ -136,7 +147,7 @@ def deny(monkeypatch):
 def test_empty_test_split_is_refused(tmp_path, capsys):
     folder = make_card(tmp_path / "notest", per_split=(2, 1, 0))
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "no test images", "notest")
+    fails(capsys, train(folder, out), "no test images", "notest")
     assert no_results(out)
     # the data-root report shows it as broken (status 1) and goes on
     make_card(tmp_path / "fine")
@@ -148,13 +159,13 @@ def test_empty_test_split_is_refused(tmp_path, capsys):
 def test_folder_per_class_without_test_images(tmp_path, capsys):
     for cls in CLASSES:  # one image per class: the hashed split puts each into train
         png(tmp_path / "plain" / cls / "only.png")
-    fails(train(tmp_path / "plain", tmp_path / "out"), capsys, "no test images")
+    fails(capsys, train(tmp_path / "plain", tmp_path / "out"), "no test images")
 
 
 def test_one_class_under_base2new(tmp_path, capsys):
     folder = make_card(tmp_path / "single", classes=("cat",))
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "at least 2", "--protocol fewshot")
+    fails(capsys, train(folder, out), "at least 2", "--protocol fewshot")
     assert no_results(out)
     assert main(train(folder, out, "--protocol", "fewshot")) == 0   # fine without a class split
     capsys.readouterr()
@@ -164,7 +175,7 @@ def test_half_without_test_images_under_base2new(tmp_path, capsys):
     folder = make_card(tmp_path / "half", classes=("a", "b", "c", "d"))
     edit_split(folder, lambda d: d.update(test=[e for e in d["test"] if e[1] < 2]))
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "new classes (c, d) have no test images")
+    fails(capsys, train(folder, out), "new classes (c, d) have no test images")
     assert no_results(out)
 
 
@@ -172,7 +183,7 @@ def test_classes_without_training_images(tmp_path, capsys):
     folder = make_card(tmp_path / "notrain", classes=("cat", "dog", "owl"))
     edit_split(folder, lambda d: d.update(train=[e for e in d["train"] if e[2] == "cat"]))
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "2 of 3 classes have no training images (dog, owl)")
+    fails(capsys, train(folder, out), "2 of 3 classes have no training images (dog, owl)")
     assert no_results(out)
 
 
@@ -181,7 +192,7 @@ def test_classes_without_training_images(tmp_path, capsys):
 def test_shots_below_one_refused(tmp_path, capsys, shots):
     folder = make_card(tmp_path / "ds")
     out = tmp_path / "out"
-    fails(train(folder, out, "--shots", shots), capsys, f"--shots {shots}", "1 or more")
+    fails(capsys, train(folder, out, "--shots", shots), f"--shots {shots}", "1 or more")
     assert no_results(out) and not (out / "model.safetensors").exists()
 
 
@@ -220,7 +231,7 @@ def test_split_entries_refused(tmp_path, capsys, edit, words):
     png(tmp_path / "outside.png")
     edit_split(folder, edit)
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, *words)
+    fails(capsys, train(folder, out), *words)
     assert no_results(out)
 
 
@@ -242,7 +253,7 @@ def test_card_paths_confined_to_the_dataset_folder(tmp_path, capsys, field, valu
     make_card(tmp_path / "elsewhere")
     (tmp_path / "split.json").write_text((folder / "split.json").read_text())
     edit_card(folder, **{field: value})
-    fails(train(folder, tmp_path / "out"), capsys, "dataset.json", *words)
+    fails(capsys, train(folder, tmp_path / "out"), "dataset.json", *words)
 
 
 # ----------------------------------------------------------- 4. card template
@@ -256,7 +267,7 @@ def test_card_template_needs_exactly_one_placeholder(tmp_path, capsys, template,
     folder = make_card(tmp_path / "ds")
     edit_card(folder, template=template)
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "exactly one '{}'", why)
+    fails(capsys, train(folder, out), "exactly one '{}'", why)
     assert no_results(out)
 
 
@@ -276,7 +287,7 @@ def test_card_template_with_literal_braces_is_fine(tmp_path):
 ])
 def test_card_missing_or_wrong_fields(tmp_path, capsys, card, words):
     folder = make_card(tmp_path / "ds", card=card)
-    fails(train(folder, tmp_path / "out"), capsys, "dataset.json", *words)
+    fails(capsys, train(folder, tmp_path / "out"), "dataset.json", *words)
 
 
 # -------------------------------------------------- 6. unreadable dataset folder
@@ -303,7 +314,7 @@ def test_unreadable_dataset_folder_when_training(tmp_path, capsys, deny):
     folder = make_card(tmp_path / "ds")
     deny(folder)
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, "permission denied", f"while loading dataset {folder}",
+    fails(capsys, train(folder, out), "permission denied", f"while loading dataset {folder}",
           "chmod -R u+rX")
     assert no_results(out)
     with pytest.raises(PromptvizError, match="permission denied"):   # not a bare OSError
@@ -313,7 +324,7 @@ def test_unreadable_dataset_folder_when_training(tmp_path, capsys, deny):
 def test_unreadable_data_root(tmp_path, capsys, deny):
     make_card(tmp_path / "root" / "ds")
     deny(tmp_path / "root")
-    fails(["datasets", "--data-root", str(tmp_path / "root")], capsys, "permission denied",
+    fails(capsys, ["datasets", "--data-root", str(tmp_path / "root")], "permission denied",
           "give your user read access")
     with pytest.raises(PromptvizError, match="permission denied"):   # not a bare OSError
         scan_data_root(tmp_path / "root")
@@ -323,7 +334,7 @@ def test_unreadable_data_root(tmp_path, capsys, deny):
 def test_unreadable_image_folder_is_not_reported_missing(tmp_path, capsys, deny):
     folder = make_card(tmp_path / "ds")
     deny(folder / "images" / "dog")
-    line = fails(train(folder, tmp_path / "out"), capsys, "5 of 10 images", "cannot be read",
+    line = fails(capsys, train(folder, tmp_path / "out"), "5 of 10 images", "cannot be read",
                  "permission denied", "chmod")
     assert "missing" not in line and "half-downloaded" not in line
 
@@ -331,7 +342,7 @@ def test_unreadable_image_folder_is_not_reported_missing(tmp_path, capsys, deny)
 def test_unreadable_split_file(tmp_path, capsys, deny):
     folder = make_card(tmp_path / "ds")
     deny(folder / "split.json")
-    line = fails(train(folder, tmp_path / "out"), capsys, "cannot read split file",
+    line = fails(capsys, train(folder, tmp_path / "out"), "cannot read split file",
                  "permission denied")
     assert "not found" not in line
 
@@ -358,7 +369,7 @@ def test_decompression_bomb_image(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)   # 8x8 images pass, 64x64 is a bomb
     folder, bad = _with_test_image(tmp_path, lambda p: png(p, size=(64, 64)))
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, f"cannot read image {bad.resolve()}",
+    fails(capsys, train(folder, out), f"cannot read image {bad.resolve()}",
           "decompression-bomb", "remove it from the split file")
     assert no_results(out)
 
@@ -380,7 +391,7 @@ def test_truncated_image(tmp_path, capsys):
 
     folder, bad = _with_test_image(tmp_path, truncated)
     out = tmp_path / "out"
-    fails(train(folder, out), capsys, f"cannot read image {bad.resolve()}",
+    fails(capsys, train(folder, out), f"cannot read image {bad.resolve()}",
           "truncated, corrupt or not an image")
     assert no_results(out)
 
@@ -389,10 +400,10 @@ def test_truncated_image(tmp_path, capsys):
 def test_toyworld_out_is_a_file(tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("keep me")
-    fails(["toyworld", "build", "--out", str(target), "--n-train", "1", "--n-val", "0",
-                   "--n-test", "1"], capsys, "is a file, not a folder", "--out")
+    fails(capsys, ["toyworld", "build", "--out", str(target), "--n-train", "1", "--n-val", "0",
+                   "--n-test", "1"], "is a file, not a folder", "--out")
     assert target.read_text() == "keep me"
-    fails(["toyworld", "build", "--out", str(target / "sub"), "--n-train", "1"], capsys,
+    fails(capsys, ["toyworld", "build", "--out", str(target / "sub"), "--n-train", "1"],
           "is a file, so no folder can be made there")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
@@ -409,7 +420,7 @@ def test_toyworld_out_read_only(tmp_path, capsys, monkeypatch):
     rendered = []
     monkeypatch.setattr(suite, "render_scenes", lambda *a, **k: rendered.append(1))
     try:
-        fails(["toyworld", "build", "--out", str(ro), "--n-train", "1", "--n-test", "1"], capsys,
+        fails(capsys, ["toyworld", "build", "--out", str(ro), "--n-train", "1", "--n-test", "1"],
               "cannot write there", "Permission denied", "a folder you can write to")
     finally:
         ro.chmod(0o755)
@@ -428,7 +439,7 @@ def test_toyworld_out_read_only(tmp_path, capsys, monkeypatch):
 ])
 def test_toyworld_build_arguments(tmp_path, capsys, flag, value, words):
     out = tmp_path / "tw"
-    fails(["toyworld", "build", "--out", str(out), flag, value], capsys, words)
+    fails(capsys, ["toyworld", "build", "--out", str(out), flag, value], words)
     assert not out.exists()                                 # refused before touching the disk
 
 
@@ -437,8 +448,8 @@ def test_toyworld_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "disk")
     monkeypatch.setattr(suite, "_write_one", full)
     out = tmp_path / "tw"
-    fails(["toyworld", "build", "--out", str(out), "--image-size", "16", "--n-train",
-                   "1", "--n-val", "0", "--n-test", "1", "--datasets", "toy_textures"], capsys,
+    fails(capsys, ["toyworld", "build", "--out", str(out), "--image-size", "16", "--n-train",
+                   "1", "--n-val", "0", "--n-test", "1", "--datasets", "toy_textures"],
           "writing ToyWorld dataset toy_textures", "no space left on device")
     assert list(out.iterdir()) == []
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_line
 from safetensors.torch import load_file
 
 import promptviz.pretrain as pt
@@ -29,7 +28,11 @@ def _args(out, steps: int = 2, *extra: str) -> list[str]:
 
 def _error(capsys) -> str:
     """The one `error:` line on stderr (and no traceback)."""
-    return error_line(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def _files(folder: Path) -> set[str]:

@@ -18,9 +18,22 @@ CoOp / KgCoOp (and TextRefiner's wrapped method): ``context=initial`` — the le
 context replaced by the one training started from (``ctx_init``'s embedding; for a random
 start, a fresh draw of the same seed).
 
+SEP (visual top-K by mean squared activation, then a TFM per layer and tower, then a
+residual ensemble with frozen CLIP):
+
+* ``selection=random`` / ``selection=cls_attention`` / ``selection=lowest`` — the visual
+  tokens chosen at random, by the block's CLS attention, or with the *lowest* energy
+  instead of the highest (the TFMs stay as trained);
+* ``tfm=raw`` (``tfm=raw_text``, ``tfm=raw_vision``) — no rebuild: the prompt states flow
+  through the blocks as they are, in both towers (or one);
+* ``ensemble=off`` — ``f̂ = f`` and ``t̂ = t``, the prompted features alone.
+
 :func:`read_statistics` says whether the read can differ between classes at all: the
 mean entropy of the read weights against the maximum ``ln M``, and the mean cosine between
-two classes' reads.
+two classes' reads. :func:`selection_control` is the control for any token selection: what
+SEP selects on a blank (mean-colour) image, and how much of each image's selection is the
+same tokens — a selection that reads the image should overlap the blank's no more than a
+random one does.
 """
 
 from __future__ import annotations
@@ -31,16 +44,18 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from promptviz.data import Sample
+from promptviz.data import Sample, load_images
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import evaluate
 from promptviz.methods import Method, build_method
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
+SEP = ("selection=random", "selection=cls_attention", "selection=lowest", "tfm=raw",
+       "tfm=raw_text", "tfm=raw_vision", "ensemble=off")
 
 
 def available(method: Method) -> tuple[str, ...]:
@@ -49,6 +64,8 @@ def available(method: Method) -> tuple[str, ...]:
         return TEXTREFINER + CONTEXT
     if method.name in ("coop", "kgcoop"):
         return CONTEXT
+    if method.name == "sep":
+        return SEP
     return ()
 
 
@@ -81,6 +98,23 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
             with torch.no_grad():
                 method.cache.copy_(cache.gather(0, order.to(cache.device)))
             restore.append(lambda: method.cache.data.copy_(cache))
+        elif name.startswith("selection="):
+            method.token_scores = _scores(method, name.split("=")[1], seed)  # type: ignore
+            restore.append(lambda: delattr(method, "token_scores"))
+        elif name.startswith("tfm=raw"):
+            towers = {"tfm=raw": ("txt", "vis"), "tfm=raw_text": ("txt",),
+                      "tfm=raw_vision": ("vis",)}[name]
+            fuse = method.fuse
+
+            def raw(tower: str, layer: int, p: torch.Tensor, t: torch.Tensor,
+                    need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                return (p, None) if tower in towers else fuse(tower, layer, p, t, need_weights)
+            method.fuse = raw                                                # type: ignore
+            restore.append(lambda: delattr(method, "fuse"))
+        elif name == "ensemble=off":
+            ensemble = method.options.ensemble
+            method.options.ensemble = False
+            restore.append(lambda: setattr(method.options, "ensemble", ensemble))
         elif name == "context=initial":
             prompt = (method.base if method.name == "textrefiner" else method).prompt
             ctx = prompt.ctx.detach().clone()
@@ -91,6 +125,24 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
     finally:
         for undo in reversed(restore):
             undo()
+
+
+def _scores(method: Method, rule: str, seed: int) -> Any:
+    """A replacement for ``SEP.token_scores``: ``random`` (uniform, from a generator seeded
+    once per intervention), ``cls_attention`` (head-averaged attention of CLS to each token
+    in the block the tokens enter) or ``lowest`` (minus the energy: the quietest win)."""
+    energy = method.token_scores
+    gen = torch.Generator().manual_seed(seed)
+    blocks = method.backbone.model.visual.transformer.resblocks
+
+    def scores(layer: int, x: torch.Tensor, n: int) -> torch.Tensor:
+        if rule == "random":
+            return torch.rand(x.shape[0], n, generator=gen).to(x.device)
+        if rule == "lowest":
+            return -energy(layer, x, n)
+        from promptviz.backbone import Backbone
+        return Backbone._attention_weights(blocks[layer], x.detach())[:, 0, :n].float()
+    return scores
 
 
 def initial_context(method: Method, seed: int = 0) -> torch.Tensor:
@@ -122,13 +174,72 @@ def read_statistics(method: Method) -> dict[str, float]:
             "classes": float(len(w)), "slots": float(w.shape[1])}
 
 
-def intervention_table(method: Method, samples: Sequence[Sample], classnames: list[str],
-                       template: str, names: Sequence[str] | None = None, seed: int = 0,
-                       batch_size: int = 128) -> list[dict[str, Any]]:
+def selection_control(method: Method, images: torch.Tensor, object_patches: Any = None,
+                      blank: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """The control for SEP's visual selection, one row per rebuilt layer.
+
+    ``blank`` (default: one image of the backbone's mean colour, zeros after normalising)
+    goes through the method alone; ``images`` ``[B, 3, S, S]`` as one batch. Each row:
+    ``blank`` (the tokens the blank selects, 0 = CLS), ``overlap`` (mean share of an
+    image's K tokens that the blank selects too) against ``chance`` = K / N (a random
+    selection's expected overlap, N candidate tokens), ``top_token`` and ``top_share`` (the
+    token chosen for the most images, and for what share of them), and, given
+    ``object_patches`` (``[B, g²]`` bool), ``on_object`` against ``area`` (its chance)."""
+    from promptviz.scores import object_area_share, on_object_share, tokens_to_patches
+    if method.name != "sep":
+        raise PromptvizError(f"selection_control is for SEP's token selection, not {method.name}")
+    blank = torch.zeros_like(images[:1]) if blank is None else blank
+    seen = method.selection_record(images)["vision"]
+    empty = method.selection_record(blank)["vision"]
+    rows = []
+    for layer, rec in seen.items():
+        sel = np.asarray(rec["selected"])
+        sel = np.broadcast_to(sel, (len(images), sel.shape[-1]))      # batch choice: one for all
+        k, n = sel.shape[1], rec["scores"].shape[1]
+        ref = set(np.asarray(empty[layer]["selected"]).reshape(-1).tolist())
+        counts = np.bincount(sel.reshape(-1), minlength=n)             # images choosing each token
+        row = {"layer": int(layer), "blank": sorted(ref),
+               "overlap": float(np.mean([len(ref & set(r.tolist())) / k for r in sel])),
+               "chance": k / n, "top_token": int(counts.argmax()),
+               "top_share": float(counts.max() / len(sel))}
+        if object_patches is not None:
+            row["on_object"] = on_object_share(tokens_to_patches(sel), object_patches)
+            row["area"] = object_area_share(object_patches)
+        rows.append(row)
+    return rows
+
+
+def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
+                       classnames: list[str], template: str,
+                       names: Sequence[str] | None = None, seed: int = 0,
+                       batch_size: int | None = None, labels: torch.Tensor | None = None
+                       ) -> list[dict[str, Any]]:
     """Accuracy of ``method`` on ``samples`` untouched (``"none"``) and under each
-    intervention in ``names`` (default: all it has), with ``delta`` against untouched."""
+    intervention in ``names`` (default: all it has), with ``delta`` against untouched.
+
+    The images are read once: pass ``samples`` as a list of :class:`Sample` or, to reuse
+    them across calls, as a preprocessed ``[N, 3, S, S]`` tensor with ``labels``.
+    ``batch_size`` defaults to the method's evaluation batch (SEP's faithful mode depends
+    on it), in file order, as :func:`promptviz.evaluate.evaluate` feeds them."""
+    if isinstance(samples, torch.Tensor):
+        if labels is None:
+            raise PromptvizError("intervention_table got an image tensor without its labels")
+        images = samples
+    else:
+        bb = method.backbone
+        images = load_images(samples, bb.image_size, bb.mean, bb.std)
+        labels = torch.tensor([s.label for s in samples])
+    batch = batch_size or method.defaults.eval_batch_size
+    method.set_classnames(classnames, template)
+    method.eval()
+
+    @torch.no_grad()
     def acc() -> float:
-        return evaluate(method, samples, classnames, template, batch_size, progress=False)
+        text = None if method.text_depends_on_image else method.text_features()
+        dev = method.backbone.device
+        pred = torch.cat([method.logits(images[i:i + batch].to(dev), text).argmax(-1).cpu()
+                          for i in range(0, len(images), batch)])
+        return 100.0 * int((pred == labels).sum()) / len(labels)
     base = acc()
     rows = [{"intervention": "none", "acc": base, "delta": 0.0}]
     for name in names if names is not None else available(method):

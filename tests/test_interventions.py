@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import evaluate
@@ -15,6 +16,7 @@ from promptviz.interventions import (
     intervene,
     intervention_table,
     read_statistics,
+    selection_control,
 )
 from promptviz.methods import build_method
 
@@ -95,3 +97,128 @@ def test_table_and_unknown_names(refiner, tiny_root):
             pass
     with pytest.raises(PromptvizError, match="has no cache"):
         read_statistics(refiner.base)
+
+
+# -- SEP -------------------------------------------------------------------------------
+SEP_NAMES = ["red star", "blue circle", "green heart", "yellow square"]
+
+
+@pytest.fixture()
+def sep(tiny_clip):
+    torch.manual_seed(0)
+    m = build_method("sep", tiny_clip, SEP_NAMES, "a photo of a {}.", {"mode": "per_sample"})
+    with torch.no_grad():                       # gates away from 0.75: the TFMs do something
+        for name, p in m.named_parameters():
+            if name.endswith((".s1", ".s2")):
+                p.fill_(0.3)
+    return m.eval()
+
+
+def _images(n: int = 6, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("rule", ["random", "cls_attention", "lowest"])
+def test_selection_rules_change_what_is_selected(sep, rule):
+    from promptviz.backbone import Backbone
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 17 + 4, sep.backbone.vision_width, generator=g)
+    energy = sep.token_scores(1, x, 17)
+    with intervene(sep, f"selection={rule}", seed=5):
+        scores = sep.token_scores(1, x, 17)
+        record = sep.selection_record(_images())["vision"]
+    expected = {"lowest": -energy,
+                "cls_attention": Backbone._attention_weights(
+                    sep.backbone.model.visual.transformer.resblocks[1], x)[:, 0, :17]}
+    if rule in expected:
+        assert torch.allclose(scores, expected[rule])
+    else:
+        assert ((0 <= scores) & (scores < 1)).all()
+    top = scores.topk(4).indices.sort().values
+    assert not torch.equal(top, energy.topk(4).indices.sort().values)
+    plain = sep.selection_record(_images())["vision"]
+    assert (record[1]["selected"] != plain[1]["selected"]).any()
+    assert torch.equal(sep.token_scores(1, x, 17), energy)          # restored
+    assert "token_scores" not in vars(sep)
+
+
+def test_random_selection_follows_its_seed(sep):
+    with intervene(sep, "selection=random", seed=1):
+        a = sep.selection_record(_images())["vision"][1]["selected"]
+    with intervene(sep, "selection=random", seed=1):
+        b = sep.selection_record(_images())["vision"][1]["selected"]
+    with intervene(sep, "selection=random", seed=2):
+        c = sep.selection_record(_images())["vision"][1]["selected"]
+    assert (a == b).all() and (a != c).any()
+
+
+def test_tfm_raw_is_sep_without_the_rebuild(sep):
+    images = _images()
+    with torch.no_grad():
+        raw_text = F.normalize(sep.backbone.encode_text_embeddings(sep.prompt(), sep.prompt.ids)
+                               .float(), dim=-1)
+        raw_image = F.normalize(sep.backbone.encode_image(images, extra_tokens=sep.visual_prompt)
+                                .float(), dim=-1)
+        t, f = sep.text_features(), sep.fused_image_features(images)[0]
+        with intervene(sep, "tfm=raw"):
+            assert torch.allclose(sep.text_features(), F.normalize(raw_text + sep.t0, dim=-1),
+                                  atol=1e-6)
+            f0 = sep.image_features(images).float()
+            assert torch.allclose(sep.fused_image_features(images)[0],
+                                  F.normalize(raw_image + f0, dim=-1), atol=1e-6)
+        with intervene(sep, "tfm=raw_text"):
+            assert not torch.allclose(sep.text_features(), t)
+            assert torch.equal(sep.fused_image_features(images)[0], f)
+        with intervene(sep, "tfm=raw_vision"):
+            assert torch.equal(sep.text_features(), t)
+            assert not torch.allclose(sep.fused_image_features(images)[0], f)
+        assert torch.equal(sep.text_features(), t)                  # restored
+        assert "fuse" not in vars(sep)
+
+
+def test_ensemble_off(sep):
+    images = _images()
+    with torch.no_grad():
+        t = sep.text_features()
+        with intervene(sep, "ensemble=off"):
+            assert torch.allclose(sep.text_features(),
+                                  F.normalize(sep.encode_text().float(), dim=-1))
+            assert torch.allclose(sep.fused_image_features(images)[0], F.normalize(
+                sep.encode_image_prompted(images).float(), dim=-1))
+        assert sep.options.ensemble and torch.equal(sep.text_features(), t)
+
+
+def test_sep_table_moves(sep, tiny_root):
+    from promptviz.data import load_dataset
+    ds = load_dataset("dtd", tiny_root)
+    sep.set_classnames(ds.classnames, ds.template)
+    rows = intervention_table(sep, ds.test, ds.classnames, ds.template)
+    assert [r["intervention"] for r in rows] == ["none", *available(sep)]
+    assert rows[0]["acc"] == evaluate(sep, ds.test, ds.classnames, ds.template, progress=False)
+    with pytest.raises(PromptvizError, match="without its labels"):
+        intervention_table(sep, torch.zeros(2, 3, 32, 32), ds.classnames, ds.template)
+
+
+def test_selection_control_counts_what_the_blank_shares(sep):
+    images = _images(5)
+    rows = selection_control(sep, images)
+    rec = sep.selection_record(images)["vision"]
+    blank = sep.selection_record(torch.zeros_like(images[:1]))["vision"]
+    assert [r["layer"] for r in rows] == list(sep.vis_layers)
+    for r in rows:
+        sel, ref = rec[r["layer"]]["selected"], set(blank[r["layer"]]["selected"].ravel().tolist())
+        assert r["blank"] == sorted(ref)
+        shared = sum(len(ref & set(s.tolist())) for s in sel)
+        assert r["overlap"] == pytest.approx(shared / sel.size)
+        assert r["chance"] == pytest.approx(4 / 17)
+        assert r["top_share"] < 1.0                  # random-ish weights, random images
+    # a selection that ignores the image: every image picks the blank's tokens
+    with intervene(sep, "selection=random", seed=0):
+        def fixed(layer: int, x: torch.Tensor, n: int) -> torch.Tensor:
+            return torch.arange(n, dtype=torch.float32).expand(x.shape[0], n)
+        sep.token_scores = fixed
+        rows = selection_control(sep, images, object_patches=torch.zeros(5, 16, dtype=torch.bool))
+    assert all(r["overlap"] == 1.0 and r["top_share"] == 1.0 and r["blank"] == [13, 14, 15, 16]
+               and r["on_object"] == 0.0 for r in rows)
+    with pytest.raises(PromptvizError, match="not textrefiner"):
+        selection_control(build_method("textrefiner", sep.backbone, SEP_NAMES, "{}"), images)

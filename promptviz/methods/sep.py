@@ -218,6 +218,21 @@ class SEP(Method):
         self.register_buffer("t0", t0, persistent=False)
 
     # -- the rebuild hook --------------------------------------------------------
+    def token_scores(self, layer: int, x: Tensor, n: int) -> Tensor:
+        """Selection score of each of the first ``n`` visual tokens entering block ``layer``
+        (``x``: ``[B, N + K, D_v]``, the K prompts last): their mean squared activation,
+        ``[B, N]``. The top-K win. Replaceable: ``promptviz.interventions`` swaps it for
+        random, CLS-attention or lowest-energy scores."""
+        return x[:, :n].detach().float().pow(2).mean(-1)   # SEP's score: mean_d x_{n,d}²
+
+    def fuse(self, tower: str, layer: int, p: Tensor, t: Tensor, need_weights: bool = False
+             ) -> tuple[Tensor, Tensor | None]:
+        """The layer's TFM: new prompt states ``z`` from prompts ``p`` and selected ``t``."""
+        tfm = (self.text_tfm if tower == "txt" else self.vis_tfm)[str(layer)]
+        dtype = tfm.ln_1.weight.dtype
+        z, attn = tfm(p.to(dtype), t.to(dtype), need_weights=need_weights)
+        return z.to(p.dtype), attn
+
     def _hook(self, tower: str, record: dict | None = None) -> Hook:
         """``hook(layer, x)`` for one forward of one tower; fills ``record[layer]`` if given."""
         fusers = self.text_tfm if tower == "txt" else self.vis_tfm
@@ -227,8 +242,6 @@ class SEP(Method):
         def hook(layer: int, x: Tensor) -> Tensor:
             if str(layer) not in fusers:
                 return x
-            tfm = fusers[str(layer)]
-            dtype = tfm.ln_1.weight.dtype
             scores = None
             if tower == "txt":                  # x: [C, L, D_t]; prompts at 1..K
                 p, t = x[:, 1:1 + k], x[:, 1 + k:1 + 2 * k]   # T: the K tokens after the prompt
@@ -236,18 +249,19 @@ class SEP(Method):
             else:                               # x: [B, N + K, D_v]; prompts at the end
                 n = x.shape[1] - k
                 p = x[:, n:]
-                scores = x[:, :n].detach().float().pow(2).mean(-1)  # [B, N] mean squared act.
+                scores = self.token_scores(layer, x, n)           # [B, N]
                 if per_image:                   # top-K per image
                     idx = scores.topk(k, dim=-1).indices          # [B, K]
                     t = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
                 else:                           # authors: top-K of the batch-mean score
                     idx = scores.mean(0).topk(k).indices          # [K]
                     t = x[:, idx]
-            z, attn = tfm(p.to(dtype), t.to(dtype), need_weights=record is not None)
-            z = z.to(x.dtype)
+            z, attn = self.fuse(tower, layer, p, t, need_weights=record is not None)
             if record is not None:
+                tfm = fusers[str(layer)]
                 record[layer] = {"selected": idx.cpu().numpy(),
-                                 "attention": attn.detach().float().cpu().numpy(),
+                                 "attention": None if attn is None
+                                 else attn.detach().float().cpu().numpy(),
                                  "s1": float(tfm.s1), "s2": float(tfm.s2)}
                 if scores is not None:
                     record[layer]["scores"] = scores.cpu().numpy()

@@ -206,6 +206,8 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
 
 def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:
     """Mean ± std over seeds per (method, dataset, shots), plus an average row per method.
+    A dataset row keeps each seed's accuracies in ``by_seed`` (table.json only), so one
+    run of a shipped study can be rerun and checked against its own numbers.
 
     Every row's ``hm`` is ``harmonic_mean(row["base_acc"], row["new_acc"])``: a dataset
     row's HM is the HM of its seed-averaged accuracies (:func:`promptviz.evaluate.aggregate`,
@@ -215,7 +217,9 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["dataset"], r.get("shots", 0)), []).append(r)
-    table = [{"method": m, "dataset": d, "shots": k, **aggregate(rs)}
+    table = [{"method": m, "dataset": d, "shots": k, **aggregate(rs), "by_seed": [
+                  {"seed": r.get("seed"), **{key: r[key] for key in ("base_acc", "new_acc", "acc")
+                                             if key in r}} for r in rs]}
              for (m, d, k), rs in sorted(groups.items())]
     for method in dict.fromkeys(r["method"] for r in table):
         for shots in dict.fromkeys(r["shots"] for r in table if r["method"] == method):

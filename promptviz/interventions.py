@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptviz.backbone import Backbone
 from promptviz.data import Sample, load_images
 from promptviz.errors import PromptvizError
 from promptviz.methods import Method, build_method
@@ -140,7 +141,6 @@ def _scores(method: Method, rule: str, seed: int) -> Any:
             return torch.rand(x.shape[0], n, generator=gen).to(x.device)
         if rule == "lowest":
             return -energy(layer, x, n)
-        from promptviz.backbone import Backbone
         return Backbone._attention_weights(blocks[layer], x.detach())[:, 0, :n].float()
     return scores
 

@@ -140,3 +140,10 @@ def test_cli_compare(tiny_root, tmp_path, capsys):
     assert "zeroshot/dtd" in capsys.readouterr().out
     assert main(["compare", "--set", "n_ctx=4", "--data-root", str(tiny_root),
                  "--out", str(tmp_path / "d")]) == 2
+
+
+def test_dataset_rows_keep_each_seed():
+    row = summarise(SEEDS, "base2new")[0]
+    assert row["by_seed"] == [{"seed": 1, "base_acc": 90.0, "new_acc": 70.0},
+                              {"seed": 2, "base_acc": 85.2, "new_acc": 43.8}]
+    assert "by_seed" not in to_csv([row]).splitlines()[0]

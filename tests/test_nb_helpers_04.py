@@ -92,3 +92,24 @@ def test_on_object_figure():
     assert list(fig.data[0].y) == [50.0, 75.0]
     two = on_object_figure({"a": {1: 0.5}}, {"any object": 0.3, "class object": 0.2})
     assert len(two.layout.shapes) == 2
+
+
+def test_fusion_scalars_marks_the_start():
+    from promptviz.viz.sep import fusion_scalars
+    gates = {1: (0.7, 0.8), 2: (0.6, 0.9)}
+    assert not fusion_scalars(gates).layout.shapes
+    (line,) = fusion_scalars(gates, start=0.75).layout.shapes
+    assert line.y0 == line.y1 == 0.75
+
+
+def test_intervention_bars_show_each_delta():
+    from promptviz.viz.results import intervention_bars
+    rows = [{"intervention": "none", "acc": 80.0, "delta": 0.0},
+            {"intervention": "tfm=raw", "acc": 60.0, "delta": -20.0},
+            {"intervention": "ensemble=off", "acc": 82.5, "delta": 2.5}]
+    fig = intervention_bars({"base": rows, "novel": rows[:2]})
+    base, novel = fig.data
+    assert list(base.y) == ["tfm=raw", "ensemble=off"] and list(base.x) == [-20.0, 2.5]
+    assert list(base.text) == ["-20.0", "+2.5"] and list(novel.x) == [-20.0]
+    assert base.name == "base (untouched 80.0)"
+    assert [s.x0 for s in fig.layout.shapes] == [0]           # the zero line

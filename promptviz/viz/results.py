@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
@@ -44,4 +44,30 @@ def accuracy_bars(rows: Sequence[dict], label: str = "method",
                     textposition="outside")
     fig.update_layout(title=title, barmode="group", yaxis=dict(range=[0, 105], title="%"),
                       template="plotly_white", height=420, margin=dict(t=60, b=40))
+    return fig
+
+
+def intervention_bars(tables: Mapping[str, Sequence[Mapping]],
+                      title: str = "Accuracy change under each intervention (points)"
+                      ) -> go.Figure:
+    """Horizontal bars of ``delta`` per intervention, one colour per table (e.g. ``{"base":
+    rows, "novel": rows}`` from :func:`promptviz.interventions.intervention_table`); the
+    untouched row is left out, a line marks zero and each bar is labelled with its value."""
+    fig = go.Figure()
+    for name, rows in tables.items():
+        shown = [r for r in rows if r["intervention"] != "none"]
+        untouched = next((r["acc"] for r in rows if r["intervention"] == "none"), None)
+        fig.add_bar(name=f"{name} (untouched {untouched:.1f})" if untouched is not None else name,
+                    y=[r["intervention"] for r in shown], x=[r["delta"] for r in shown],
+                    orientation="h", text=[f"{r['delta']:+.1f}" for r in shown],
+                    textposition="outside", customdata=[r["acc"] for r in shown],
+                    hovertemplate="%{y}: %{x:+.2f} points (accuracy %{customdata:.2f})"
+                                  "<extra>" + name + "</extra>")
+    n = max((len(rows) for rows in tables.values()), default=1)
+    fig.add_vline(x=0, line=dict(color="#444", width=1))
+    fig.update_layout(title=dict(text=title, y=0.97), barmode="group", template="plotly_white",
+                      height=140 + 38 * n * max(1, len(tables)), width=720,
+                      xaxis=dict(title="accuracy change (points)", zeroline=False),
+                      yaxis=dict(autorange="reversed"), margin=dict(l=10, r=30, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.18))
     return fig

@@ -206,9 +206,11 @@ def record_scalars(record: Mapping, tower: str = "vision") -> dict[int, tuple[fl
 def fusion_scalars(s_by_layer: Mapping[int, tuple[float, float]],
                    text: Mapping[int, tuple[float, float]] | None = None,
                    current_layer: int | None = None,
-                   title: str = "TFM gates: how much of the selected tokens is kept") -> go.Figure:
+                   title: str = "TFM gates: how much of the selected tokens is kept",
+                   start: float | None = None) -> go.Figure:
     """``s1`` (share of the selected tokens kept over the attention) and ``s2`` (kept over
-    the MLP) per layer; ``s_by_layer`` is the vision tower, ``text`` the text tower."""
+    the MLP) per layer; ``s_by_layer`` is the vision tower, ``text`` the text tower.
+    ``start`` (e.g. ``SEPOptions.s_init``) draws the value training started from."""
     fig = go.Figure()
     towers = [("vision", s_by_layer, "solid")] + ([("text", text, "dash")] if text else [])
     for name, d, dash in towers:
@@ -220,6 +222,9 @@ def fusion_scalars(s_by_layer: Mapping[int, tuple[float, float]],
                 hovertemplate=f"{name} s{k + 1}, layer %{{x}}: %{{y:.3f}}<extra></extra>"))
     if current_layer is not None:
         fig.add_vline(x=current_layer, line=dict(color="#999", dash="dot", width=2), opacity=1)
+    if start is not None:
+        fig.add_hline(y=start, line=dict(color="#2ca02c", dash="dot", width=2),
+                      annotation_text=f"start {start:g}", annotation_position="bottom right")
     fig.update_layout(title=title, width=560, height=340, template="simple_white",
                       xaxis=dict(title="layer", dtick=1), yaxis=dict(title="gate value"),
                       margin=dict(l=50, r=10, t=50, b=40))

@@ -39,13 +39,27 @@ def add_outlines(fig: go.Figure, patches: Sequence[int], grid: int, image_size: 
 
 def read_weights_heatmap(weights: object, classnames: Sequence[str],
                          title: str = "How each class reads the cache (softmax over slots)",
-                         cell: int = 22) -> go.Figure:
-    """Classes × slots heatmap of ``read_weights()`` ``[C, M]`` (each row sums to 1)."""
+                         cell: int = 22, zmid: float | None = None,
+                         zmax: float | None = None) -> go.Figure:
+    """Classes × slots heatmap of ``read_weights()`` ``[C, M]`` (each row sums to 1).
+
+    By default a sequential scale from 0. Given ``zmid`` (e.g. the uniform weight ``1/M``),
+    a diverging scale centred there, from ``2·zmid − zmax`` to ``zmax``; ``zmax`` defaults to
+    ``zmid`` plus this matrix's largest ``|w − zmid|``. Pass the same ``zmid`` and ``zmax``
+    to two heatmaps to compare them on one colour scale."""
     w = as_numpy(weights, np.float64)
     c, m = w.shape
+    if zmid is None:
+        scale = dict(colorscale="Blues", zmin=0)
+        if zmax is not None:
+            scale["zmax"] = zmax
+    else:
+        top = zmid + float(np.abs(w - zmid).max()) if zmax is None else float(zmax)
+        half = max(top - zmid, 1e-12)
+        scale = dict(colorscale="RdBu_r", zmid=zmid, zmin=zmid - half, zmax=zmid + half)
     fig = go.Figure(go.Heatmap(
-        z=w, x=[f"slot {j}" for j in range(m)], y=_names(classnames), colorscale="Blues",
-        zmin=0, colorbar=dict(title="weight"),
+        z=w, x=[f"slot {j}" for j in range(m)], y=_names(classnames), **scale,
+        colorbar=dict(title="weight"),
         hovertemplate="%{y} reads %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, width=max(420, m * cell + 260),
                       height=max(260, c * cell + 140), margin=dict(l=10, r=10, t=50, b=10))

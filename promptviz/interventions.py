@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from promptviz.backbone import Backbone
 from promptviz.data import Sample, load_images
-from promptviz.errors import PromptvizError
+from promptviz.errors import Diverged, PromptvizError
+from promptviz.evaluate import autocast_for
 from promptviz.methods import Method, build_method
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
@@ -78,15 +79,23 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
         raise PromptvizError(f"no intervention {name!r} for {method.name}; known: "
                              f"{', '.join(available(method)) or 'none'}")
     restore: list[Any] = []
+
+    def override(attr: str, value: Any) -> None:
+        """Set ``method.attr`` on the instance; on exit put back exactly what was there
+        (an outer intervention's override, or nothing), so interventions nest."""
+        own = vars(method)
+        had, old = attr in own, own.get(attr)
+        setattr(method, attr, value)
+        restore.append(lambda: setattr(method, attr, old) if had else delattr(method, attr))
+
     try:
         if name.startswith("read="):
             original = method.read
 
             def class_mean(t: torch.Tensor) -> torch.Tensor:
                 return original(t).mean(0, keepdim=True).expand(len(t), -1)
-            method.read = class_mean if name == "read=class_mean" else (   # type: ignore
-                lambda t: torch.zeros_like(t, dtype=torch.float32))
-            restore.append(lambda: delattr(method, "read"))
+            override("read", class_mean if name == "read=class_mean" else (
+                lambda t: torch.zeros_like(t, dtype=torch.float32)))
         elif name == "alpha=0":
             alpha = method.options.alpha
             method.options.alpha = 0.0
@@ -100,8 +109,7 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
                 method.cache.copy_(cache.gather(0, order.to(cache.device)))
             restore.append(lambda: method.cache.data.copy_(cache))
         elif name.startswith("selection="):
-            method.token_scores = _scores(method, name.split("=")[1], seed)  # type: ignore
-            restore.append(lambda: delattr(method, "token_scores"))
+            override("token_scores", _scores(method, name.split("=")[1], seed))
         elif name.startswith("tfm=raw"):
             towers = {"tfm=raw": ("txt", "vis"), "tfm=raw_text": ("txt",),
                       "tfm=raw_vision": ("vis",)}[name]
@@ -110,8 +118,7 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
             def raw(tower: str, layer: int, p: torch.Tensor, t: torch.Tensor,
                     need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
                 return (p, None) if tower in towers else fuse(tower, layer, p, t, need_weights)
-            method.fuse = raw                                                # type: ignore
-            restore.append(lambda: delattr(method, "fuse"))
+            override("fuse", raw)
         elif name == "ensemble=off":
             ensemble = method.options.ensemble
             method.options.ensemble = False
@@ -131,7 +138,9 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
 def _scores(method: Method, rule: str, seed: int) -> Any:
     """A replacement for ``SEP.token_scores``: ``random`` (uniform, from a generator seeded
     once per intervention), ``cls_attention`` (head-averaged attention of CLS to each token
-    in the block the tokens enter) or ``lowest`` (minus the energy: the quietest win)."""
+    in the block the tokens enter, computed on the tokens as they arrive, i.e. with the
+    prompt states before this layer's rebuild in the softmax) or ``lowest`` (minus the
+    energy: the quietest tokens win)."""
     energy = method.token_scores
     gen = torch.Generator().manual_seed(seed)
     blocks = method.backbone.model.visual.transformer.resblocks
@@ -184,7 +193,9 @@ def selection_control(method: Method, images: torch.Tensor, object_patches: Any 
     image's K tokens that the blank selects too) against ``chance`` = K / N (a random
     selection's expected overlap, N candidate tokens), ``top_token`` and ``top_share`` (the
     token chosen for the most images, and for what share of them), and, given
-    ``object_patches`` (``[B, g²]`` bool), ``on_object`` against ``area`` (its chance)."""
+    ``object_patches`` (``[B, g²]`` bool), ``on_object`` against ``area`` (its chance).
+    With a batch selection (faithful mode) one choice serves every image, so ``top_share``
+    is 1 by construction and ``top_token`` is one of that choice's tokens."""
     from promptviz.scores import object_area_share, on_object_share, tokens_to_patches
     if method.name != "sep":
         raise PromptvizError(f"selection_control is for SEP's token selection, not {method.name}")
@@ -212,15 +223,16 @@ def selection_control(method: Method, images: torch.Tensor, object_patches: Any 
 def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
                        classnames: list[str], template: str,
                        names: Sequence[str] | None = None, seed: int = 0,
-                       batch_size: int | None = None, labels: torch.Tensor | None = None
-                       ) -> list[dict[str, Any]]:
+                       batch_size: int | None = None, labels: torch.Tensor | None = None,
+                       precision: str = "auto") -> list[dict[str, Any]]:
     """Accuracy of ``method`` on ``samples`` untouched (``"none"``) and under each
     intervention in ``names`` (default: all it has), with ``delta`` against untouched.
 
     The images are read once: pass ``samples`` as a list of :class:`Sample` or, to reuse
     them across calls, as a preprocessed ``[N, 3, S, S]`` tensor with ``labels``.
     ``batch_size`` defaults to the method's evaluation batch (SEP's faithful mode depends
-    on it), in file order, as :func:`promptviz.evaluate.evaluate` feeds them."""
+    on it), in file order and under the same ``precision`` as
+    :func:`promptviz.evaluate.evaluate` (NaN scores raise :class:`Diverged` as there)."""
     if isinstance(samples, torch.Tensor):
         if labels is None:
             raise PromptvizError("intervention_table got an image tensor without its labels")
@@ -229,16 +241,25 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
         bb = method.backbone
         images = load_images(samples, bb.image_size, bb.mean, bb.std)
         labels = torch.tensor([s.label for s in samples])
+    labels = labels.cpu()
+    if len(labels) != len(images):
+        raise PromptvizError(f"intervention_table got {len(images)} images and "
+                             f"{len(labels)} labels")
     batch = batch_size or method.defaults.eval_batch_size
     method.set_classnames(classnames, template)
     method.eval()
+    dev = method.backbone.device
 
     @torch.no_grad()
     def acc() -> float:
-        text = None if method.text_depends_on_image else method.text_features()
-        dev = method.backbone.device
-        pred = torch.cat([method.logits(images[i:i + batch].to(dev), text).argmax(-1).cpu()
-                          for i in range(0, len(images), batch)])
+        with autocast_for(dev, precision):        # as evaluate(): bf16 where it would be
+            text = None if method.text_depends_on_image else method.text_features()
+            logits = [method.logits(images[i:i + batch].to(dev), text)
+                      for i in range(0, len(images), batch)]
+        if not all(bool(x.isfinite().all()) for x in logits):
+            raise Diverged(f"the {method.name} model's scores are NaN or infinite under "
+                           "an intervention or untouched; no accuracy to report")
+        pred = torch.cat([x.argmax(-1).cpu() for x in logits])
         return 100.0 * int((pred == labels).sum()) / len(labels)
     base = acc()
     rows = [{"intervention": "none", "acc": base, "delta": 0.0}]

@@ -222,3 +222,44 @@ def test_selection_control_counts_what_the_blank_shares(sep):
                and r["on_object"] == 0.0 for r in rows)
     with pytest.raises(PromptvizError, match="not textrefiner"):
         selection_control(build_method("textrefiner", sep.backbone, SEP_NAMES, "{}"), images)
+
+
+def test_interventions_nest_and_are_undone_after_an_error(sep):
+    images = _images()
+    with torch.no_grad():
+        t, f = sep.text_features(), sep.fused_image_features(images)[0]
+        with intervene(sep, "tfm=raw_vision"):
+            vision_only = sep.fused_image_features(images)[0]
+            with intervene(sep, "tfm=raw_text"):
+                assert not torch.allclose(sep.text_features(), t)
+            assert torch.equal(sep.text_features(), t)               # inner undone ...
+            assert torch.equal(sep.fused_image_features(images)[0], vision_only)  # outer kept
+        with pytest.raises(RuntimeError, match="inside"):
+            with intervene(sep, "selection=lowest"), intervene(sep, "ensemble=off"):
+                raise RuntimeError("inside")
+        assert torch.equal(sep.fused_image_features(images)[0], f)
+        assert sep.options.ensemble and "token_scores" not in vars(sep)
+        assert "fuse" not in vars(sep)
+
+
+def test_selection_control_with_one_choice_per_batch(tiny_clip):
+    torch.manual_seed(0)
+    m = build_method("sep", tiny_clip, SEP_NAMES, "a photo of a {}.").eval()   # faithful
+    images = _images(5)
+    rows = selection_control(m, images, object_patches=torch.ones(5, 16, dtype=torch.bool))
+    rec = m.selection_record(images)["vision"]
+    for r in rows:
+        chosen = set(rec[r["layer"]]["selected"].tolist())
+        assert r["overlap"] == pytest.approx(len(chosen & set(r["blank"])) / 4)
+        assert r["top_share"] == 1.0 and r["top_token"] in chosen     # by construction
+        assert r["on_object"] == (0.0 if chosen == {0} else 1.0)      # CLS is not a patch
+
+
+def test_table_refuses_nan_scores_and_mismatched_labels(sep):
+    images = _images(4)
+    with pytest.raises(PromptvizError, match="4 images and 3 labels"):
+        intervention_table(sep, images, SEP_NAMES, "{}", labels=torch.arange(3))
+    with torch.no_grad():
+        sep.visual_prompt.fill_(float("nan"))
+    with pytest.raises(PromptvizError, match="NaN or infinite"):
+        intervention_table(sep, images, SEP_NAMES, "{}", labels=torch.arange(4), names=[])

@@ -63,7 +63,8 @@ def intervention_bars(tables: Mapping[str, Sequence[Mapping]],
                     textposition="outside", customdata=[r["acc"] for r in shown],
                     hovertemplate="%{y}: %{x:+.2f} points (accuracy %{customdata:.2f})"
                                   "<extra>" + name + "</extra>")
-    n = max((len(rows) for rows in tables.values()), default=1)
+    n = max((sum(r["intervention"] != "none" for r in rows) for rows in tables.values()),
+            default=1)
     fig.add_vline(x=0, line=dict(color="#444", width=1))
     fig.update_layout(title=dict(text=title, y=0.97), barmode="group", template="plotly_white",
                       height=140 + 38 * n * max(1, len(tables)), width=720,

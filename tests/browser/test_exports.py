@@ -67,6 +67,11 @@ def figures() -> dict[str, go.Figure]:
                                          [list(t) for t in d["topk"]], cols=2,
                                          title="patch grid"),
         "accuracy_bars": results.accuracy_bars(ROWS, label="label"),
+        "intervention_bars": results.intervention_bars(
+            {half: [{"intervention": "none", "acc": 80.0, "delta": 0.0},
+                    {"intervention": "read=zero", "acc": 80.0 + d, "delta": d},
+                    {"intervention": "alpha=0", "acc": 78.0 - d, "delta": -2.0 - d}]
+             for half, d in (("base", 0.5), ("novel", -1.0))}),
         "selection_map": sep.selection_map(img, sep.selected_for_image(rec, 0), rec["grid"],
                                            {k: v["scores"][0] for k, v in rec["vision"].items()}),
         "selection_frequency": sep.selection_frequency(counts, cls_counts, n),

@@ -306,6 +306,43 @@ def write_outputs(cfg: CompareConfig, table: list[dict[str, Any]]) -> Path:
     return report.write(out / "report.html")
 
 
+def load_study(folder: str | Path) -> dict[str, Any]:
+    """A finished study's ``table.json`` (``config``, ``notes``, ``table``), e.g. one of the
+    shipped studies under ``notebooks/studies/``."""
+    path = Path(folder) / "table.json"
+    if not path.is_file():
+        raise PromptvizError(f"{path} does not exist: make the study first with "
+                             f"`promptviz compare ... --out {folder}`")
+    try:
+        study = json.loads(path.read_text())
+        study["config"], study["table"]                              # noqa: B018
+    except (ValueError, KeyError, TypeError) as error:
+        raise PromptvizError(f"{path} is not a table.json written by promptviz compare "
+                             f"({error}); delete it and run the study again") from None
+    return study
+
+
+def study_command(config: dict[str, Any]) -> str:
+    """The ``promptviz compare`` command line that makes a study with this ``config`` (a
+    table.json's), flags at their defaults left out."""
+    words = ["promptviz compare", "--methods", *config["methods"], "--datasets",
+             *config["datasets"], "--seeds", *map(str, config["seeds"])]
+    if config["protocol"] != "base2new":
+        words += ["--protocol", config["protocol"]]
+    if list(config["shots"]) != [16]:
+        words += ["--shots", *map(str, config["shots"])]
+    for flag, key in (("--source", "source"), ("--epochs", "epochs"),
+                      ("--batch-size", "batch_size")):
+        if config.get(key) is not None:
+            words += [flag, str(config[key])]
+    if config["backbone"] != "toyclip":
+        words += ["--backbone", config["backbone"]]
+    for method, opts in config.get("options", {}).items():
+        words += [f"--set {method}.{k}={v}" for k, v in opts.items()]
+    words += ["--data-root", str(config["data_root"]), "--out", str(config["out"]), "--quiet"]
+    return " ".join(words)
+
+
 def compare(cfg: CompareConfig) -> list[dict[str, Any]]:
     table = summarise(run_study(cfg), cfg.protocol)
     write_outputs(cfg, table)

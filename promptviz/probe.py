@@ -8,8 +8,11 @@ Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arr
 * :func:`load_images` — samples as a CLIP-ready batch plus the pixels the model sees;
 * :func:`cls_attention` — CLS → patch attention of chosen visual layers;
 * :func:`attention_on_object` — the share of that attention landing on given patches;
-* :func:`predict`, :func:`confusion_matrix`, :func:`top_confusions` — per-image predictions
-  and the class pairs they mix up;
+* :func:`predict`, :func:`confusion_matrix`, :func:`top_confusions`,
+  :func:`per_class_accuracy` — per-image predictions, the class pairs they mix up and each
+  class's accuracy;
+* :func:`text_drift` — how far a learned prompt moved each class's text feature from the
+  hand-made template's (KgCoOp's measure);
 * :func:`image_features`, :func:`linear_head` — how much K labelled shots can teach *any*
   classifier on the frozen image features, the headroom a learned prompt competes for.
 """
@@ -151,6 +154,30 @@ def confusion_matrix(preds: object, labels: object, n_classes: int) -> np.ndarra
     cm = np.zeros((n_classes, n_classes), np.int64)
     np.add.at(cm, (y, p), 1)
     return cm
+
+
+def per_class_accuracy(preds: object, labels: object, n_classes: int) -> np.ndarray:
+    """Accuracy in percent per true class (``[n_classes]``; NaN for a class with no images)."""
+    cm = confusion_matrix(preds, labels, n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * np.diag(cm) / cm.sum(1)
+
+
+def text_drift(method: Method, classnames: list[str], template: str) -> np.ndarray:
+    """``cos(t_c, t0_c)`` per class (``[C]``): the method's class text feature against the
+    hand-made template's, 1 where the prompt left a class where the template put it.
+    KgCoOp's regulariser is ``1 − mean_c`` of this (methods.md §4)."""
+    if method.text_depends_on_image:
+        raise ValueError(f"{method.name}'s class features depend on the image (one set per "
+                         "image), so they have no single drift per class")
+    method.set_classnames(classnames, template)
+    method.eval()
+    with torch.no_grad():
+        with autocast_for(method.backbone.device):
+            t = method.text_features().float()
+        t0 = zero_shot_text_features(method.backbone, classnames, template)
+    t, t0 = t / t.norm(dim=-1, keepdim=True), t0 / t0.norm(dim=-1, keepdim=True)
+    return (t * t0).sum(-1).cpu().numpy()
 
 
 def top_confusions(cm: np.ndarray, classnames: Sequence[str], k: int = 5

@@ -140,6 +140,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def optimizer_steps(n_images: int, batch_size: int, epochs: int = 1) -> int:
+    """How many optimiser steps training takes: full batches only (the last, partial batch
+    of an epoch is dropped, as in Dassl), unless the whole set fits in one batch, which
+    then is the one step of the epoch."""
+    per_epoch = n_images // batch_size if n_images > batch_size else min(n_images, 1)
+    return per_epoch * epochs
+
+
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     """The learning rate of 0-based ``epoch`` under Dassl's schedule: ``warmup_epochs`` at the
     constant ``warmup_lr``, then a cosine over ``epochs`` that Dassl's warm-up wrapper hands
@@ -209,7 +217,7 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     gen = torch.Generator().manual_seed(cfg.seed)
     transform = train_transform if cfg.augment else clip_transform
     data = ImageDataset(train_set.train, transform(bb.image_size, bb.mean, bb.std))
-    drop_last = len(data) > cfg.batch_size
+    drop_last = len(data) > cfg.batch_size         # as optimizer_steps counts
     views = None
     if cfg.feature_cache and method.cacheable:
         views = cached_views(method, train_set, data, cfg)
@@ -237,7 +245,7 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                                  num_workers=cfg.num_workers, drop_last=drop_last)
         else:
             batches = cached_batches(views[epoch % len(views)], order, cfg.batch_size, drop_last)
-        steps = len(data) // cfg.batch_size if drop_last else -(-len(data) // cfg.batch_size)
+        steps = optimizer_steps(len(data), cfg.batch_size)
         bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress,
                            total=steps)
         for step, (inputs, labels, _) in enumerate(bar):

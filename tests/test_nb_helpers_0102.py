@@ -16,8 +16,10 @@ from promptviz.probe import (
     confusion_matrix,
     linear_head,
     load_images,
+    per_class_accuracy,
     predict,
     prompt_layout,
+    text_drift,
     token_strings,
     top_confusions,
 )
@@ -122,6 +124,9 @@ def test_similarity_views():
     assert isinstance(fig, go.Figure) and fig.data[0].x == ("red star", "blue")
     with pytest.raises(ValueError):
         similarity_heatmap(sim, ["i0"], ["a", "b"])
+    boxes = similarity_heatmap(sim, ["i0", "i1", "i2"], ["a", "b"], mark_max=True).layout.shapes
+    assert [(b.x0 + 0.5, b.y0 + 0.5) for b in boxes] == [(0, 0), (1, 1), (0, 2)]
+    assert not fig.layout.shapes
     cm = np.array([[3, 1], [0, 4]])
     fig = confusion_heatmap(cm, ["a", "b"])
     assert np.allclose(np.asarray(fig.data[0].z), [[75, 25], [0, 100]])
@@ -140,3 +145,21 @@ def test_class_specific_context_refuses_other_classes_of_the_same_count(tiny_cli
     coop.set_classnames(["red star", "blue"])          # its own classes: fine
     with pytest.raises(PromptvizError, match="class-specific"):
         coop.set_classnames(["green ring", "pink"])    # same count, other classes
+
+
+def test_per_class_accuracy():
+    acc = per_class_accuracy([0, 1, 1, 2], [0, 0, 1, 1], 3)
+    assert acc[0] == 50.0 and acc[1] == 50.0 and np.isnan(acc[2])
+
+
+def test_text_drift_is_one_at_the_template_and_falls_as_the_context_moves(tiny_clip):
+    names = ["red", "blue", "green"]
+    coop = build_method("coop", tiny_clip, names, "a photo of a {}.")
+    assert np.allclose(text_drift(coop, names, "a photo of a {}."), 1.0, atol=1e-5)
+    with torch.no_grad():
+        coop.prompt.ctx.add_(torch.randn_like(coop.prompt.ctx))
+    moved = text_drift(coop, names, "a photo of a {}.")
+    assert moved.shape == (3,) and (moved < 0.999).all()
+    cocoop = build_method("cocoop", tiny_clip, names, "a photo of a {}.")
+    with pytest.raises(ValueError, match="depend on the image"):
+        text_drift(cocoop, names, "a photo of a {}.")

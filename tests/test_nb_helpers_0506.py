@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from promptviz import readiness
-from promptviz.compare import CompareConfig, _slug, _train_cfg, compare
+from promptviz.compare import (
+    CompareConfig,
+    _slug,
+    _train_cfg,
+    compare,
+    load_study,
+    study_command,
+)
+from promptviz.errors import PromptvizError
 from promptviz.readiness import (
     Readiness,
     check_real_clip,
@@ -18,7 +26,9 @@ from promptviz.readiness import (
     local_weights,
     weights_ready,
 )
+from promptviz.viz.results import accuracy_bars
 from promptviz.viz.study import (
+    _label_places,
     base_novel_scatter,
     format_study,
     per_dataset_bars,
@@ -171,3 +181,63 @@ def test_transfer_target_equal_to_source_reuses_the_run(tiny_root, tmp_path):
     # two dataset folders with the same last part keep their runs apart
     assert _slug("/x/flowers/train") != _slug("/x/cars/train")
     assert _slug("/x/cars/train") == _slug("/x/cars/../cars/train")
+
+
+def test_per_dataset_bars_follow_the_method_order():
+    table = [{"method": m, "dataset": "S", "acc": a} for m, a in (("b", 50.0), ("a", 60.0))]
+    assert [b.name for b in per_dataset_bars(table).data] == ["b", "a"]
+    assert [b.name for b in per_dataset_bars(table, methods=["a", "b"]).data] == ["a", "b"]
+
+
+def test_accuracy_bars_axis_starts_below_the_lowest_bar_and_labels_only_few_bars():
+    rows = [{"method": m, "acc": a} for m, a in (("x", 71.0), ("y", 93.0))]
+    fig = accuracy_bars(rows, metrics=["acc"])
+    assert tuple(fig.layout.yaxis.range) == (60.0, 105.0)
+    assert list(fig.data[0].text) == ["71.0"]
+    many = [{"method": str(i), "acc": 50.0 + i} for i in range(6)]
+    assert all(t == "" for b in accuracy_bars(many, metrics=["acc"]).data for t in b.text)
+    assert tuple(accuracy_bars(rows, metrics=["acc"], y_range=(0, 100)).layout.yaxis.range) \
+        == (0, 100)
+
+
+def test_scatter_labels_of_close_points_do_not_share_a_place():
+    places = _label_places([(80.0, 60.0), (80.5, 61.0), (95.0, 90.0)], near=(2, 2))
+    assert places[0] != places[1] and places[2] == places[0] and None not in places
+    crowd = _label_places([(80.0, 60.0), (80.5, 61.0), (81.0, 60.5), (95.0, 90.0)], (2, 2))
+    assert crowd[:3] == [None] * 3 and crowd[3] is not None
+    fig = base_novel_scatter([{"method": str(i), "base_acc": x, "new_acc": y}
+                              for i, (x, y) in enumerate([(80, 60), (80.5, 61), (81, 60.5)])])
+    assert {t.mode for t in fig.data if t.name in {"0", "1", "2"}} == {"markers"}
+
+
+def test_scatter_zoom_and_reference_lines():
+    rows = [{"method": "zs", "base_acc": 56.0, "new_acc": 67.5},
+            {"method": "sep", "base_acc": 92.7, "new_acc": 69.2}]
+    fig = base_novel_scatter(rows, zoom=True, reference="zs")
+    assert tuple(fig.layout.xaxis.range) == (51.0, 97.7)
+    lines = {(s.type, s.x0 if s.type == "line" and s.x0 == s.x1 else s.y0)
+             for s in fig.layout.shapes}
+    assert (("line", 56.0) in lines) and (("line", 67.5) in lines)
+    with pytest.raises(ValueError, match="reference"):
+        base_novel_scatter(rows, reference="coop")
+
+
+def test_study_command_round_trips_through_the_cli(tmp_path):
+    from promptviz.cli import build_parser
+    config = dict(CompareConfig(methods=["coop"], datasets=["toy_paints"], seeds=[1, 2],
+                                epochs=50, shots=[4], options={"coop": {"n_ctx": "8"}},
+                                out=str(tmp_path / "s")).__dict__)
+    line = study_command(config)
+    a = build_parser().parse_args(line.split()[1:])
+    assert (a.methods, a.datasets, a.seeds, a.epochs, a.shots, a.set, a.out) == (
+        ["coop"], ["toy_paints"], [1, 2], 50, [4], ["coop.n_ctx=8"], str(tmp_path / "s"))
+
+
+def test_load_study_names_the_fix(tmp_path):
+    with pytest.raises(PromptvizError, match="promptviz compare"):
+        load_study(tmp_path)
+    (tmp_path / "table.json").write_text("{not json")
+    with pytest.raises(PromptvizError, match="run the study again"):
+        load_study(tmp_path)
+    (tmp_path / "table.json").write_text(json.dumps({"config": {}, "table": []}))
+    assert load_study(tmp_path)["table"] == []

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from promptviz.cli import build_parser
-from promptviz.compare import CompareConfig, compare
+from promptviz.compare import CompareConfig, compare, load_study, study_command
 from promptviz.toyworld.suite import build_suite
 
 STUDIES = Path(__file__).resolve().parents[1] / "notebooks" / "studies"
 FOLDERS = sorted(p.parent.name for p in STUDIES.glob("*/table.json"))
 # the run each study reruns: (method, dataset folder, its name in the table)
-RERUN = {"b2n_paints_shapes": ("sep", "toy_paints", "ToyPaints")}
+RERUN = {"b2n_paints_shapes": ("sep", "toy_paints", "ToyPaints"),
+         "b2n_paints_50ep": ("coop", "toy_paints", "ToyPaints")}
 
 
 def _commands() -> dict[str, list[str]]:
@@ -26,7 +27,7 @@ def _commands() -> dict[str, list[str]]:
     for line in (STUDIES / "README.md").read_text().splitlines():
         if line.strip().startswith("promptviz compare "):
             argv = shlex.split(line.strip())
-            out[Path(argv[argv.index("--out") + 1]).name] = argv[2:]
+            out[Path(argv[argv.index("--out") + 1]).name] = argv
     return out
 
 
@@ -36,8 +37,10 @@ def test_there_are_studies_and_each_has_a_rerun():
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_the_readme_command_makes_the_study(folder):
-    config = json.loads((STUDIES / folder / "table.json").read_text())["config"]
-    a = build_parser().parse_args(["compare", *_commands()[folder]])
+    config = load_study(STUDIES / folder)["config"]
+    argv = _commands()[folder]
+    assert " ".join(argv) == study_command(config)
+    a = build_parser().parse_args(argv[1:])
     for key in ("methods", "datasets", "seeds", "protocol", "shots", "backbone", "epochs",
                 "batch_size", "source"):
         assert getattr(a, key) == config[key], key

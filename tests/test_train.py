@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from promptviz.cli import main
 from promptviz.evaluate import aggregate, harmonic_mean
 from promptviz.methods.coop import CoOp
-from promptviz.train import TrainConfig, lr_at, run
+from promptviz.train import TrainConfig, lr_at, optimizer_steps, run
 
 
 def _train(root: Path, out: Path, *extra: str) -> int:
@@ -308,3 +308,15 @@ def test_resume_with_augmented_cache(tiny_root, tmp_path, monkeypatch):
     resumed, steps = _counted_run(cfg, tmp_path / "b", monkeypatch)
     assert steps == 6 and torch.equal(_ctx(tmp_path / "a"), _ctx(tmp_path / "b"))
     assert not (tmp_path / "b" / "resume.pt").exists()
+
+
+def test_optimizer_steps_counts_what_training_takes(tiny_root, tmp_path, monkeypatch):
+    cfg = dict(method="coop", backbone="pv-tiny", dataset="dtd", shots=4, epochs=2,
+               data_root=str(tiny_root), progress=False)
+    _, n = _counted_run({**cfg, "epochs": 1, "batch_size": 1}, tmp_path / "b1", monkeypatch)
+    assert n > 3
+    for batch in (3, n, n + 5):                  # a partial last batch, one exact, one too big
+        _, steps = _counted_run({**cfg, "batch_size": batch}, tmp_path / f"b{batch}",
+                                monkeypatch)
+        assert steps == optimizer_steps(n, batch, 2), batch
+    assert optimizer_steps(80, 32, 10) == 20 and optimizer_steps(80, 128, 100) == 100

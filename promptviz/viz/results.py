@@ -32,17 +32,32 @@ def results_table_html(rows: Sequence[dict], label: str = "method",
 
 def accuracy_bars(rows: Sequence[dict], label: str = "method",
                   metrics: Sequence[str] = ("base_acc", "new_acc", "hm"),
-                  title: str = "Accuracy (%)") -> go.Figure:
-    """Grouped bars: one group per metric, one bar per row (error bars from ``*_std``)."""
+                  title: str = "Accuracy (%)", y_range: tuple[float, float] | None = None,
+                  values: bool | None = None) -> go.Figure:
+    """Grouped bars: one group per metric, one bar per row in the rows' order (error bars
+    from ``*_std``).
+
+    The y axis starts 10 points below the lowest bar (rounded down to a multiple of 10),
+    not at 0, so gaps of a few points stay visible; pass ``y_range`` to fix it. Each bar
+    is labelled with its value when there are at most four bars per group (``values``
+    forces it on or off); with more, the labels would overlap and the value is in the hover.
+    """
     fig = go.Figure()
+    shown = [r.get(m) for r in rows for m in metrics if r.get(m) is not None]
+    if y_range is None:
+        low = min(shown, default=0.0) - 10
+        y_range = (max(0.0, 10 * (low // 10)), 105.0)
+    if values is None:
+        values = len(rows) <= 4
     for r in rows:
         ys = [r.get(m) for m in metrics]
         errs = [r.get(f"{m}_std") for m in metrics]
         fig.add_bar(name=str(r.get(label, "")), x=[METRIC_NAMES.get(m, m) for m in metrics], y=ys,
                     error_y=dict(type="data", array=errs, visible=any(e for e in errs)),
-                    text=[f"{y:.1f}" if y is not None else "" for y in ys],
-                    textposition="outside")
-    fig.update_layout(title=title, barmode="group", yaxis=dict(range=[0, 105], title="%"),
+                    text=[f"{y:.1f}" if y is not None and values else "" for y in ys],
+                    textposition="outside",
+                    hovertemplate=f"{r.get(label, '')}<br>%{{x}}: %{{y:.1f}}<extra></extra>")
+    fig.update_layout(title=title, barmode="group", yaxis=dict(range=list(y_range), title="%"),
                       template="plotly_white", height=420, margin=dict(t=60, b=40))
     return fig
 

@@ -20,9 +20,11 @@ def _labels(names: Sequence[str]) -> list[str]:
 
 def similarity_heatmap(sim: object, rows: Sequence[str], cols: Sequence[str],
                        title: str = "Cosine similarity", fmt: str = ".2f",
-                       colorscale: str = "RdBu_r", cell: int = 46) -> go.Figure:
+                       colorscale: str = "RdBu_r", cell: int = 46,
+                       mark_max: bool = False) -> go.Figure:
     """A ``[R, K]`` score matrix as an annotated heatmap (rows: e.g. images, columns:
-    captions), the colour range centred on 0 so that positive and negative read apart."""
+    captions), the colour range centred on 0 so that positive and negative read apart.
+    ``mark_max`` outlines each row's largest cell (the caption an image would pick)."""
     z = as_numpy(sim, np.float64)
     if z.shape != (len(rows), len(cols)):
         raise ValueError(f"sim is {z.shape}, labels give {(len(rows), len(cols))}")
@@ -31,9 +33,17 @@ def similarity_heatmap(sim: object, rows: Sequence[str], cols: Sequence[str],
         z=z, x=_labels(cols), y=_labels(rows), colorscale=colorscale, zmin=-zmax, zmax=zmax,
         text=[[format(v, fmt) for v in row] for row in z], texttemplate="%{text}",
         hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, width=max(420, 160 + cell * len(cols)),
-                      height=max(300, 140 + cell * len(rows)), template="simple_white",
-                      margin=dict(l=10, r=10, t=50, b=10))
+    if mark_max:
+        for i, j in enumerate(z.argmax(axis=1)):     # cells are centred on integer positions
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                          line=dict(color="black", width=3), fillcolor="rgba(0,0,0,0)",
+                          opacity=1)
+    longest = max((len(str(c)) for c in cols), default=0)
+    top = 60 + int(4.5 * longest)                  # room for the title above slanted labels
+    fig.update_layout(title=dict(text=title, y=0.99, yanchor="top"),
+                      width=max(420, 160 + cell * len(cols)),
+                      height=max(300, top + 90 + cell * len(rows)), template="simple_white",
+                      margin=dict(l=10, r=10, t=top, b=10))
     fig.update_xaxes(side="top", tickangle=-30)
     fig.update_yaxes(autorange="reversed")
     return fig

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from promptviz.evaluate import harmonic_mean
 
@@ -65,14 +66,24 @@ def format_study(table: Sequence[dict[str, Any]], digits: int = 1,
     return "\n".join(lines)
 
 
+def _ordered(table: Sequence[dict[str, Any]],
+             methods: Sequence[str] | None) -> Sequence[dict[str, Any]]:
+    if methods is None:
+        return table
+    rank = {m: i for i, m in enumerate(methods)}
+    return sorted(table, key=lambda r: rank.get(r["method"], len(rank)))   # stable
+
+
 def pivot(table: Sequence[dict[str, Any]], metric: str = "acc",
-          datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+          datasets: Sequence[str] | None = None,
+          methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per method with one column per dataset (``metric``'s value): the shape of a
-    transfer table, ready for :func:`promptviz.viz.accuracy_bars` with ``metrics=datasets``."""
+    transfer table, ready for :func:`promptviz.viz.accuracy_bars` with ``metrics=datasets``.
+    ``methods`` orders the rows (default: the table's order)."""
     names = list(datasets) if datasets is not None else list(
         dict.fromkeys(r["dataset"] for r in table if r["dataset"] != "average"))
     rows: dict[str, dict[str, Any]] = {}
-    for r in table:
+    for r in _ordered(table, methods):
         if r["dataset"] in names and metric in r:
             row = rows.setdefault(r["method"], {"method": r["method"]})
             row[r["dataset"]] = r[metric]
@@ -82,51 +93,100 @@ def pivot(table: Sequence[dict[str, Any]], metric: str = "acc",
 
 
 def per_dataset_bars(table: Sequence[dict[str, Any]], metric: str = "acc",
-                     title: str = "Accuracy per dataset (%)") -> go.Figure:
-    """Grouped bars of ``metric``: one group per dataset (table order), one bar per method."""
+                     title: str = "Accuracy per dataset (%)",
+                     methods: Sequence[str] | None = None) -> go.Figure:
+    """Grouped bars of ``metric``: one group per dataset (table order), one bar per method
+    (in ``methods``' order when given), ``± std`` where the table has several seeds."""
     from promptviz.viz.results import accuracy_bars
     names = list(dict.fromkeys(r["dataset"] for r in table
                                if r["dataset"] != "average" and metric in r))
-    return accuracy_bars(pivot(table, metric, names), label="method", metrics=names,
+    return accuracy_bars(pivot(table, metric, names, methods), label="method", metrics=names,
                          title=title)
 
 
+_PLACES = ("top center", "bottom center", "middle right", "middle left", "top right",
+           "bottom left", "top left", "bottom right")
+
+
+def _label_places(xy: Sequence[tuple[float, float]], near: tuple[float, float]
+                  ) -> list[str | None]:
+    """A text position per point. A point with one close neighbour (closer than ``near``
+    = (dx, dy) in axis units) takes the next free position, so the two labels do not sit
+    on each other; a point with two or more gets None: in a crowd no placement keeps the
+    labels apart, so its name is left to the legend."""
+    def close(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        return abs(a[0] - b[0]) < near[0] and abs(a[1] - b[1]) < near[1]
+
+    places: list[str | None] = []
+    for i, p in enumerate(xy):
+        if sum(close(p, q) for j, q in enumerate(xy) if j != i) >= 2:
+            places.append(None)
+            continue
+        taken = {places[j] for j, q in enumerate(xy[:i]) if close(p, q)}
+        places.append(next((pl for pl in _PLACES if pl not in taken), _PLACES[0]))
+    return places
+
+
 def base_novel_scatter(rows: Sequence[dict[str, Any]], label: str = "method",
-                       title: str = "Base vs novel accuracy") -> go.Figure:
-    """Each row a point at (base, novel), with dotted curves of equal harmonic mean.
+                       title: str = "Base vs novel accuracy", zoom: bool = False,
+                       reference: str | None = None) -> go.Figure:
+    """Each row a point at (base, novel) with ``± std`` bars where there are several seeds,
+    and dotted curves of equal harmonic mean.
 
     Up-left of the diagonal a method generalises to unseen classes better than it fits
     the seen ones; moving along an iso-HM curve trades one for the other at equal HM.
+    Points are named next to their marker and in the legend; where three or more crowd
+    together, only in the legend. ``zoom`` fits both axes to the points (5 points of
+    margin) instead of running them to 100. ``reference`` names the row (by ``label``)
+    whose base and novel accuracy get a dashed line each, e.g. zero-shot CLIP: points up
+    and right of both lines beat it on both.
     """
     fig = go.Figure()
-    lo = min([r[k] for r in rows for k in ("base_acc", "new_acc")] + [100.0])
-    lo = max(0.0, 10 * (lo // 10) - 10)
-    grid = [lo + (100 - lo) * i / 100 for i in range(1, 101)]
-    for h in range(int(lo) + 10, 100, 10):       # iso-HM curves: n = h·b / (2b − h)
-        pts = [(b, h * b / (2 * b - h)) for b in grid if 2 * b > h and h * b / (2 * b - h) <= 100]
+    values = [r[k] for r in rows for k in ("base_acc", "new_acc")]
+    if zoom and values:
+        lo, hi = max(0.0, min(values) - 5), min(100.0, max(values) + 5)
+    else:
+        lo = max(0.0, 10 * (min(values + [100.0]) // 10) - 10)
+        hi = 100.0
+    grid = [lo + (hi - lo) * i / 200 for i in range(1, 201)]
+    for h in range(10 * int(lo // 10) + 10, 100, 10 if hi - lo > 25 else 5):
+        # iso-HM curves: n = h·b / (2b − h)
+        pts = [(b, h * b / (2 * b - h)) for b in grid if 2 * b > h
+               and lo <= h * b / (2 * b - h) <= hi]
+        if not pts:
+            continue
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines",
                         line=dict(color="lightgrey", dash="dot", width=1), hoverinfo="skip",
                         showlegend=False)
-        if pts:
-            fig.add_annotation(x=pts[-1][0], y=pts[-1][1], text=f"HM {h}", showarrow=False,
-                               font=dict(size=9, color="grey"), xanchor="right",
-                               yanchor="bottom")
-    fig.add_scatter(x=[lo, 100], y=[lo, 100], mode="lines", hoverinfo="skip",
+        fig.add_annotation(x=pts[-1][0], y=pts[-1][1], text=f"HM {h}", showarrow=False,
+                           font=dict(size=9, color="grey"), xanchor="right", yanchor="bottom")
+    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", hoverinfo="skip",
                     line=dict(color="grey", width=1), showlegend=False)
-    for r in rows:
+    ref = next((r for r in rows if str(r[label]) == reference), None) if reference else None
+    if reference and ref is None:
+        raise ValueError(f"reference {reference!r} is not one of the rows' {label!r} values")
+    if ref is not None:
+        fig.add_vline(x=ref["base_acc"], line=dict(color="#999", dash="dash", width=1), opacity=1)
+        fig.add_hline(y=ref["new_acc"], line=dict(color="#999", dash="dash", width=1), opacity=1)
+    places = _label_places([(r["base_acc"], r["new_acc"]) for r in rows],
+                           ((hi - lo) / 8, (hi - lo) / 12))
+    colours = pio.templates["plotly_white"].layout.colorway      # the bars' colours, in order
+    for k, (r, place) in enumerate(zip(rows, places)):
         hm = r.get("hm", harmonic_mean(r["base_acc"], r["new_acc"]))
         errors = {f"error_{axis}": dict(type="data", array=[_std(r, key)])
                   for axis, key in (("x", "base_acc"), ("y", "new_acc"))
                   if _std(r, key) is not None}
         fig.add_scatter(
-            x=[r["base_acc"]], y=[r["new_acc"]], mode="markers+text", name=str(r[label]),
-            text=[str(r[label])], textposition="top center", marker=dict(size=11), **errors,
+            x=[r["base_acc"]], y=[r["new_acc"]], mode="markers" if place is None else
+            "markers+text", name=str(r[label]), text=[str(r[label])],
+            textposition=place or "top center", **errors,
+            marker=dict(size=11, color=colours[k % len(colours)]),
             hovertemplate=f"{r[label]}<br>base %{{x:.1f}}<br>novel %{{y:.1f}}<br>HM {hm:.1f}"
                           "<extra></extra>")
-    fig.update_layout(title=title, template="plotly_white", height=480, width=560,
-                      xaxis=dict(title="base accuracy (%)", range=[lo, 100]),
-                      yaxis=dict(title="novel accuracy (%)", range=[lo, 100],
-                                 scaleanchor="x"), showlegend=False)
+    fig.update_layout(title=title, template="plotly_white", height=480, width=720,
+                      xaxis=dict(title="base accuracy (%)", range=[lo, hi]),
+                      yaxis=dict(title="novel accuracy (%)", range=[lo, hi],
+                                 scaleanchor="x"), legend=dict(title=label))
     return fig
 
 

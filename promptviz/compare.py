@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +79,44 @@ class CompareConfig:
     progress: bool = False
 
 
-def _train_cfg(cfg: CompareConfig, method: str, dataset: str, shots: int, seed: int,
+_VARIANT = re.compile(r"^([A-Za-z0-9_]+)(?:\[(.*)\])?$")
+
+
+def method_variant(label: str) -> tuple[str, dict[str, str]]:
+    """A study's method entry as (method, its own options): ``"sep"`` is SEP as configured
+    by ``options["sep"]``; ``"sep[ensemble=false,layers=1,2]"`` is SEP with those options on
+    top, so one study can compare variants of a method (an ablation). Each variant is its
+    own row and run folder."""
+    match = _VARIANT.match(label.strip())
+    if not match:
+        raise PromptvizError(f"method {label!r} is not a method name or name[key=value,...], "
+                             "e.g. sep[ensemble=false]")
+    name, inner = match.group(1), match.group(2)
+    opts: dict[str, str] = {}
+    if inner is not None:                  # split at commas that start a new key=
+        for part in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", inner):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip() or key.strip() in opts:
+                raise PromptvizError(f"method {label!r}: write its options as "
+                                     "name[key=value,key=value], each key once")
+            opts[key.strip()] = value.strip()
+    return name, opts
+
+
+def _method_slug(label: str) -> str:
+    """A method entry as one folder name (``sep[layers=1]`` -> ``sep_layers=1``)."""
+    return re.sub(r"[^A-Za-z0-9._=,-]+", "_", label).strip("_")
+
+
+def _train_cfg(cfg: CompareConfig, label: str, dataset: str, shots: int, seed: int,
                protocol: str, out: Path) -> TrainConfig:
+    method, own = method_variant(label)
     return TrainConfig(method=method, backbone=cfg.backbone, dataset=dataset,
                        data_root=cfg.data_root, protocol=protocol, shots=shots, seed=seed,
                        out=str(out), epochs=None if method == "zeroshot" else cfg.epochs,
                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
                        feature_cache=cfg.feature_cache, cache_dir=cfg.cache_dir,
-                       options=dict(cfg.options.get(method, {})))
+                       options={**cfg.options.get(method, {}), **own})
 
 
 def plan(cfg: CompareConfig) -> list[tuple[str, str, int, int]]:
@@ -118,18 +149,30 @@ def check_study(cfg: CompareConfig) -> None:
     """Every mistake a study could hit, found before its first run trains: unknown methods
     or datasets, ``--set`` options for a method not in the study (a typo) or unknown to it,
     repeated seeds or shots, and settings no run could train with."""
-    bad = [m for m in cfg.methods if m not in METHODS]
+    names = [method_variant(m)[0] for m in cfg.methods]
+    bad = [m for m, name in zip(cfg.methods, names) if name not in METHODS]
     if bad:
         raise PromptvizError(f"unknown method(s) {', '.join(bad)}; choose from "
                              f"{', '.join(sorted(METHODS))}")
     for method, opts in cfg.options.items():
-        if method not in cfg.methods:
+        if method not in names:
             raise PromptvizError(f"--set {method}.…: {method!r} is not a method of this study "
                                  f"({', '.join(cfg.methods)}); check the spelling")
         try:
             parse_options(method_class(method).Options, opts)
         except PromptvizError as e:
             raise PromptvizError(f"--set {method}.…: {e}") from None
+    for label, name in zip(cfg.methods, names):
+        own = method_variant(label)[1]
+        if own:
+            try:
+                parse_options(method_class(name).Options, {**cfg.options.get(name, {}), **own})
+            except PromptvizError as e:
+                raise PromptvizError(f"method {label!r}: {e}") from None
+    slugs = [_method_slug(m) for m in cfg.methods]
+    if len(set(slugs)) != len(slugs):
+        raise PromptvizError(f"--methods {' '.join(cfg.methods)} name the same run folder "
+                             "twice; give each variant different options")
     for flag, values in (("--methods", cfg.methods), ("--datasets", cfg.datasets),
                          ("--seeds", cfg.seeds), ("--shots", cfg.shots)):
         if not values:
@@ -170,7 +213,8 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
     weights = None                       # the backbone's fingerprint, read when first needed
     for method, dataset, shots, seed in progress_bar(plan(cfg), desc="compare",
                                                      enabled=cfg.progress):
-        folder = out / "runs" / method / _slug(dataset) / f"shots{shots}" / f"seed{seed}"
+        folder = (out / "runs" / _method_slug(method) / _slug(dataset) / f"shots{shots}"
+                  / f"seed{seed}")
         train_cfg = _train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder)
         res = _finished(folder / RESULTS, "running that run again")
         if res is not None:
@@ -182,6 +226,7 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
                     stale.unlink()
         if res is None:                  # the study's own folder: a stale run is replaced
             res = run(train_cfg, overwrite=True)
+        res = {**res, "method": method}  # the study's entry: a variant is its own row
         if cfg.protocol in {"base2new", "fewshot"}:
             rows.append(res)
             continue
@@ -198,7 +243,7 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
                 continue
             t = run_eval(folder, target, cfg.data_root, "fewshot", cfg.device,
                          progress=cfg.progress)
-            t.update(source=dataset, shots=shots, seed=seed)
+            t.update(method=method, source=dataset, shots=shots, seed=seed)
             atomic_write_text(path, json.dumps(t, indent=2))
             rows.append(t)
     return rows
@@ -325,7 +370,7 @@ def load_study(folder: str | Path) -> dict[str, Any]:
 def study_command(config: dict[str, Any]) -> str:
     """The ``promptviz compare`` command line that makes a study with this ``config`` (a
     table.json's), flags at their defaults left out."""
-    words = ["promptviz compare", "--methods", *config["methods"], "--datasets",
+    words = ["promptviz compare", "--methods", *map(shlex.quote, config["methods"]), "--datasets",
              *config["datasets"], "--seeds", *map(str, config["seeds"])]
     if config["protocol"] != "base2new":
         words += ["--protocol", config["protocol"]]

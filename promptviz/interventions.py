@@ -48,11 +48,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from promptviz.backbone import Backbone
 from promptviz.data import Sample, load_images
 from promptviz.errors import Diverged, PromptvizError
 from promptviz.evaluate import autocast_for
 from promptviz.methods import Method, build_method
+from promptviz.methods.sep import cls_attention_scores
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
@@ -143,14 +143,13 @@ def _scores(method: Method, rule: str, seed: int) -> Any:
     energy: the quietest tokens win)."""
     energy = method.token_scores
     gen = torch.Generator().manual_seed(seed)
-    blocks = method.backbone.model.visual.transformer.resblocks
 
     def scores(layer: int, x: torch.Tensor, n: int) -> torch.Tensor:
         if rule == "random":
             return torch.rand(x.shape[0], n, generator=gen).to(x.device)
         if rule == "lowest":
             return -energy(layer, x, n)
-        return Backbone._attention_weights(blocks[layer], x.detach())[:, 0, :n].float()
+        return cls_attention_scores(method.backbone, layer, x, n)
     return scores
 
 

@@ -6,6 +6,8 @@ against ToyWorld's ground truth, patch by patch:
 * :func:`slot_purity` — does each TextRefiner cache slot collect patches of one
   kind (one shape, one colour…)? Compared with :func:`random_purity`, the purity of
   a random assignment with the same slot sizes.
+* :func:`slot_on_object` — which slots hold object patches and which only background?
+* :func:`patch_class_agreement` — do patch tokens point at their image's class text?
 * :func:`on_object_share` — how many of the patches SEP selects lie on an object?
   Compared with :func:`object_area_share`, what random patches would score;
   :func:`on_object_by_layer` gives it for every rebuilt layer of selection records.
@@ -96,6 +98,38 @@ def slot_purity(slots: object, labels: object, n_slots: int, baseline: bool = Tr
 
 
 # --- selected patches on objects ---------------------------------------------------
+
+def slot_on_object(slots: object, object_patches: object, n_slots: int) -> np.ndarray:
+    """Share of each slot's patches that lie on an object, ``[n_slots]`` (NaN for a slot
+    with no patches). ``slots`` ``[B, g²]`` is each patch's slot (CLS left out),
+    ``object_patches`` the same shape, True on an object. Chance is the object area
+    (:func:`object_area_share`)."""
+    s = _np(slots, np.int64).ravel()
+    obj = _np(object_patches, bool).ravel()
+    if s.shape != obj.shape:
+        raise ValueError(f"slots has {s.size} patches, object_patches {obj.size}")
+    count = np.bincount(s, minlength=n_slots)[:n_slots].astype(np.float64)
+    on = np.bincount(s, weights=obj.astype(np.float64), minlength=n_slots)[:n_slots]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, on / count, np.nan)
+
+
+def patch_class_agreement(tokens: object, text: object, labels: object, mask: object
+                          ) -> dict[str, float]:
+    """How well patch tokens ``[B, P, d]`` match their image's class text feature, over the
+    patches where ``mask`` ``[B, P]`` is True: ``cos``, the mean cosine with ``t_y``
+    (``text`` ``[C, d]``, ``labels`` ``[B]``), and ``correct``, the share of those patches
+    whose most similar class is ``y`` (each patch read as a tiny image)."""
+    x = _np(tokens, np.float64)
+    t = _np(text, np.float64)
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+    y, keep = _np(labels, np.int64), _np(mask, bool)
+    sims = x @ t.T                                            # [B, P, C]
+    own = np.take_along_axis(sims, y[:, None, None].repeat(sims.shape[1], 1), -1)[..., 0]
+    right = sims.argmax(-1) == y[:, None]
+    return {"cos": float(own[keep].mean()), "correct": float(right[keep].mean())}
+
 
 def tokens_to_patches(selected: object) -> np.ndarray:
     """Token indices (0 = CLS, as in ``selection_record``) to patch indices; CLS becomes -1

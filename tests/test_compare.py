@@ -10,7 +10,14 @@ import shutil
 import pytest
 
 from promptviz.cli import main
-from promptviz.compare import COLUMNS, CompareConfig, compare, summarise, to_csv
+from promptviz.compare import (
+    COLUMNS,
+    CompareConfig,
+    compare,
+    method_variant,
+    summarise,
+    to_csv,
+)
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean, mean_std
 
@@ -147,3 +154,36 @@ def test_dataset_rows_keep_each_seed():
     assert row["by_seed"] == [{"seed": 1, "base_acc": 90.0, "new_acc": 70.0},
                               {"seed": 2, "base_acc": 85.2, "new_acc": 43.8}]
     assert "by_seed" not in to_csv([row]).splitlines()[0]
+
+
+def test_method_variants_parse():
+    assert method_variant("sep") == ("sep", {})
+    assert method_variant("sep[layers=1,2,ensemble=false]") == (
+        "sep", {"layers": "1,2", "ensemble": "false"})
+    for bad in ("sep[ensemble]", "sep[=1]", "sep[a=1,a=2]", "sep ensemble", "sep[x=1"):
+        with pytest.raises(PromptvizError, match="name\\[key=value"):
+            method_variant(bad)
+
+
+def test_a_variant_is_its_own_row_and_run(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path / "study", methods=["coop", "coop[n_ctx=2]"], seeds=[1])
+    table = compare(cfg)
+    assert {r["method"] for r in table} == {"coop", "coop[n_ctx=2]"}
+    runs = tmp_path / "study" / "runs"
+    meta = json.loads((runs / "coop_n_ctx=2" / "dtd" / "shots2" / "seed1" / "meta.json")
+                      .read_text())
+    assert meta["options"]["n_ctx"] == 2
+    assert json.loads((runs / "coop" / "dtd" / "shots2" / "seed1" / "meta.json")
+                      .read_text())["options"]["n_ctx"] == 4
+    again = compare(cfg)                                     # reused, same rows
+    assert [r["hm"] for r in again] == [r["hm"] for r in table]
+
+
+@pytest.mark.parametrize("methods,words", [(["coop[n_ctx=two]"], "coop[n_ctx=two]"),
+                                           (["coop[nctx=2]"], "unknown option"),
+                                           (["coop[n_ctx=2]", "coop[n_ctx=2 ]"], "twice"),
+                                           (["nope[a=1]"], "unknown method")])
+def test_bad_variants_are_refused_before_training(tiny_root, tmp_path, methods, words):
+    with pytest.raises(PromptvizError, match=words.replace("[", "\\[")):
+        compare(_cfg(tiny_root, tmp_path / "s", methods=methods, seeds=[1]))
+    assert not (tmp_path / "s" / "runs").exists()

@@ -30,6 +30,7 @@ from promptviz.viz.results import accuracy_bars
 from promptviz.viz.study import (
     _label_places,
     base_novel_scatter,
+    deltas,
     format_study,
     per_dataset_bars,
     pivot,
@@ -241,3 +242,15 @@ def test_load_study_names_the_fix(tmp_path):
         load_study(tmp_path)
     (tmp_path / "table.json").write_text(json.dumps({"config": {}, "table": []}))
     assert load_study(tmp_path)["table"] == []
+
+
+def test_deltas_against_a_reference_row():
+    table = [{"method": m, "dataset": d, "hm": v, "hm_std": 1.0, "seeds": [1, 2]}
+             for m, d, v in (("zs", "P", 60.0), ("sep", "P", 80.0), ("sep[x=1]", "P", 75.0),
+                             ("sep", "Q", 10.0))]
+    rows = deltas(table, "sep")
+    assert [(r["intervention"], r["delta"]) for r in rows] == [
+        ("none", 0.0), ("zs", -20.0), ("sep[x=1]", -5.0)]
+    assert rows[1]["std"] == 1.0 and deltas(table, "sep", dataset="Q")[0]["acc"] == 10.0
+    with pytest.raises(ValueError, match="no 'coop' row"):
+        deltas(table, "coop")

@@ -48,7 +48,8 @@ def test_shapes_for_layer_sets(tiny_clip, layers, text, vis):
 
 
 @pytest.mark.parametrize("bad", [{"layers": "1,2"}, {"layers": "0"}, {"layers": "x"},
-                                 {"mode": "sideways"}, {"n_text": "20"}])
+                                 {"mode": "sideways"}, {"n_text": "20"}, {"towers": "none"},
+                                 {"score": "loudest"}])
 def test_invalid_options_raise(tiny_clip, bad):
     with pytest.raises(PromptvizError):
         _sep(tiny_clip, **bad)
@@ -200,3 +201,34 @@ def test_cli_train(tiny_root, tmp_path, extra):
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "sep" and {"base_acc", "new_acc", "hm"} <= set(res)
     assert {"ce", "kg", "vis", "proto"} <= set(res["history"][-1])
+
+
+@pytest.mark.parametrize("towers,text,vis,replaced", [("text", (1,), (), "tfm=raw_vision"),
+                                                     ("vision", (), (1, 2), "tfm=raw_text")])
+def test_one_tower_sep_is_both_with_the_other_rebuild_removed(tiny_clip, towers, text, vis,
+                                                               replaced):
+    from promptviz.interventions import intervene
+    one, both = _sep(tiny_clip, towers=towers), _sep(tiny_clip)
+    assert (one.text_layers, one.vis_layers) == (text, vis)
+    assert len(one.text_tfm) == len(text) and len(one.vis_tfm) == len(vis)
+    state = one.trainable_state()                  # the same draws, fewer TFMs
+    assert all(torch.equal(v, both.trainable_state()[k]) for k, v in state.items())
+    images, labels = _batch()
+    with torch.no_grad(), intervene(both, replaced):
+        assert torch.allclose(one.logits(images), both.logits(images), atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(one.logits(images), both.logits(images), atol=1e-4)
+    assert one.loss(images, labels)[0].isfinite()
+    assert sorted(one.selection_record(images)["vision"]) == list(vis)
+
+
+def test_score_option_trains_with_the_rule_the_intervention_swaps_in(tiny_clip):
+    from promptviz.interventions import intervene
+    images, _ = _batch()
+    energy, by_attention = _sep(tiny_clip), _sep(tiny_clip, score="cls_attention")
+    with torch.no_grad(), intervene(energy, "selection=cls_attention"):
+        assert torch.allclose(by_attention.logits(images), energy.logits(images), atol=1e-6)
+    picks = {name: _sep(tiny_clip, mode="per_sample", score=name).selection_record(images)
+             ["vision"][1]["selected"] for name in ("energy", "random")}
+    assert picks["energy"].shape == picks["random"].shape == (4, 4)
+    assert (picks["energy"] != picks["random"]).any()

@@ -18,7 +18,8 @@ STUDIES = Path(__file__).resolve().parents[1] / "notebooks" / "studies"
 FOLDERS = sorted(p.parent.name for p in STUDIES.glob("*/table.json"))
 # the run each study reruns: (method, dataset folder, its name in the table)
 RERUN = {"b2n_paints_shapes": ("sep", "toy_paints", "ToyPaints"),
-         "b2n_paints_50ep": ("coop", "toy_paints", "ToyPaints")}
+         "b2n_paints_50ep": ("coop", "toy_paints", "ToyPaints"),
+         "sep_ablation_paints": ("sep[layers=1]", "toy_paints", "ToyPaints")}
 
 
 def _commands() -> dict[str, list[str]]:
@@ -39,13 +40,14 @@ def test_there_are_studies_and_each_has_a_rerun():
 def test_the_readme_command_makes_the_study(folder):
     config = load_study(STUDIES / folder)["config"]
     argv = _commands()[folder]
-    assert " ".join(argv) == study_command(config)
+    assert argv == shlex.split(study_command(config))
     a = build_parser().parse_args(argv[1:])
     for key in ("methods", "datasets", "seeds", "protocol", "shots", "backbone", "epochs",
                 "batch_size", "source"):
         assert getattr(a, key) == config[key], key
     assert Path(a.out) == Path("notebooks/studies") / folder
-    assert not a.set and config["options"] == {}
+    assert {k: v for k, v in (s.split("=", 1) for s in a.set)} == {
+        f"{m}.{k}": str(v) for m, opts in config["options"].items() for k, v in opts.items()}
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

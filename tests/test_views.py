@@ -251,3 +251,23 @@ def test_methods_feed_the_views(tiny_clip, tmp_path):
     obj[:, 5] = True
     share = scores.on_object_share(scores.tokens_to_patches(rec["vision"][1]["selected"]), obj)
     assert 0.0 <= share <= 1.0 or math.isnan(share)
+
+
+def test_slot_on_object_hand_example():
+    slots = np.array([[0, 0, 1, 2], [1, 1, 0, 2]])
+    obj = np.array([[True, False, True, False], [False, True, True, False]])
+    share = scores.slot_on_object(slots, obj, 4)
+    assert share[:3].tolist() == [2 / 3, 2 / 3, 0.0] and math.isnan(share[3])
+    with pytest.raises(ValueError):
+        scores.slot_on_object(slots, obj[:1], 4)
+
+
+def test_patch_class_agreement_hand_example():
+    text = np.array([[1.0, 0.0], [0.0, 1.0]])
+    tokens = np.array([[[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]]])      # one image of class 0
+    mask = np.array([[True, True, False]])
+    got = scores.patch_class_agreement(tokens, text, [0], mask)
+    assert got == {"cos": 0.5, "correct": 0.5}
+    assert scores.patch_class_agreement(tokens, text, [1], mask)["correct"] == 0.5
+    assert scores.patch_class_agreement(tokens, text, [0], ~mask)["cos"] == pytest.approx(
+        math.sqrt(0.5))

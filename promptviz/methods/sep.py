@@ -51,6 +51,8 @@ from promptviz.errors import PromptvizError
 from promptviz.methods.base import Method, TrainDefaults, zero_shot_text_features
 from promptviz.methods.coop import PromptLearner
 
+TOWERS = {"both": ("txt", "vis"), "text": ("txt",), "vision": ("vis",)}   # rebuilt towers
+SCORES = ("energy", "random", "cls_attention")
 MODES = {"faithful": ("batch", "batch"), "per_sample": ("sample", "image")}  # (attention,
                                                                               #  selection)
 # SEP's own hand-crafted templates for t0 where they differ from CoOp's (the authors' code;
@@ -79,6 +81,10 @@ class SEPOptions:
     proto_weight: float = 0.5               # prototype classifier CE
     proto_scale: float = 10.0               # its cosine scale
     ensemble: bool = True                   # residual ensemble with frozen CLIP features
+    towers: str = "both"                    # ablation: rebuild in "both" | "text" | "vision";
+                                            # the other tower's prompts pass through as CoOp's
+    score: str = "energy"                   # ablation: visual selection by "energy" (SEP),
+                                            # "random" or "cls_attention"
     template: str = ""                      # hand-crafted template for t0; "" = the dataset's
 
     def __post_init__(self) -> None:
@@ -107,6 +113,10 @@ class SEPOptions:
                          "mixed")
         if self.n_text < 1 or self.n_visual < 1:
             raise PromptvizError("n_text and n_visual must be at least 1")
+        if self.towers not in TOWERS:
+            raise PromptvizError(f"option towers={self.towers!r}; use one of {list(TOWERS)}")
+        if self.score not in SCORES:
+            raise PromptvizError(f"option score={self.score!r}; use one of {list(SCORES)}")
 
 
 class TokenFusion(nn.Module):
@@ -160,6 +170,13 @@ def resolve_layers(layers: tuple[int, ...] | None, depth: int, tower: str) -> tu
     return tuple(sorted(set(layers)))
 
 
+def cls_attention_scores(backbone: Backbone, layer: int, x: Tensor, n: int) -> Tensor:
+    """The head-averaged attention of CLS to each of the first ``n`` tokens in block ``layer``
+    of the image tower, computed on the tokens as they enter it (``[B, n]``)."""
+    block = backbone.model.visual.transformer.resblocks[layer]
+    return Backbone._attention_weights(block, x.detach())[:, 0, :n].float()
+
+
 class SEP(Method):
     name = "sep"
     Options = SEPOptions
@@ -175,8 +192,11 @@ class SEP(Method):
                  options: SEPOptions | None = None) -> None:
         super().__init__(backbone, classnames, template, options)
         o, info, dev = self.options, backbone.info, backbone.device
-        self.text_layers = resolve_layers(o.layers, info.text_layers, "text")
-        self.vis_layers = resolve_layers(o.layers, info.vision_layers, "image")
+        rebuilt = TOWERS[o.towers]             # a tower not rebuilt has no layers, no TFMs
+        self.text_layers = resolve_layers(o.layers, info.text_layers, "text") \
+            if "txt" in rebuilt else ()
+        self.vis_layers = resolve_layers(o.layers, info.vision_layers, "image") \
+            if "vis" in rebuilt else ()
         if 1 + 2 * o.n_text > info.context_length:
             raise PromptvizError(f"n_text={o.n_text} leaves no room for the class tokens in "
                                  f"the {info.context_length}-token text context")
@@ -221,8 +241,12 @@ class SEP(Method):
     def token_scores(self, layer: int, x: Tensor, n: int) -> Tensor:
         """Selection score of each of the first ``n`` visual tokens entering block ``layer``
         (``x``: ``[B, N + K, D_v]``, the K prompts last): their mean squared activation,
-        ``[B, N]``. The top-K win. Replaceable: ``promptviz.interventions`` swaps it for
-        random, CLS-attention or lowest-energy scores."""
+        ``[B, N]``. The top-K win. ``options.score`` trains with another rule instead (an
+        ablation); ``promptviz.interventions`` swaps the rule at test time."""
+        if self.options.score == "random":                 # the run's seeded global RNG
+            return torch.rand(x.shape[0], n, device=x.device)
+        if self.options.score == "cls_attention":
+            return cls_attention_scores(self.backbone, layer, x, n)
         return x[:, :n].detach().float().pow(2).mean(-1)   # SEP's score: mean_d x_{n,d}²
 
     def fuse(self, tower: str, layer: int, p: Tensor, t: Tensor, need_weights: bool = False

@@ -92,6 +92,23 @@ def pivot(table: Sequence[dict[str, Any]], metric: str = "acc",
     return list(rows.values())
 
 
+def deltas(table: Sequence[dict[str, Any]], reference: str, metric: str = "hm",
+           dataset: str | None = None) -> list[dict[str, Any]]:
+    """Each method's ``metric`` against ``reference``'s on one dataset (default: the first
+    one in the table), as rows ``{"intervention", "acc", "delta", "std"}`` in table order,
+    the reference first with delta 0: an ablation study in the shape
+    :func:`promptviz.viz.intervention_bars` draws (``"none"`` marks the reference)."""
+    names = [r["dataset"] for r in table if r["dataset"] != "average"]
+    dataset = dataset or (names[0] if names else None)
+    rows = [r for r in table if r["dataset"] == dataset and metric in r]
+    ref = next((r for r in rows if r["method"] == reference), None)
+    if ref is None:
+        raise ValueError(f"no {reference!r} row for {dataset!r} in the table")
+    return [{"intervention": "none" if r is ref else r["method"], "acc": r[metric],
+             "delta": r[metric] - ref[metric], "std": _std(r, metric)}
+            for r in [ref] + [r for r in rows if r is not ref]]
+
+
 def per_dataset_bars(table: Sequence[dict[str, Any]], metric: str = "acc",
                      title: str = "Accuracy per dataset (%)",
                      methods: Sequence[str] | None = None) -> go.Figure:

@@ -39,7 +39,7 @@ from promptviz.data.datasets import load_dataset, looks_like_path
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean
 from promptviz.featcache import weights_fingerprint
-from promptviz.methods import METHODS, method_class
+from promptviz.methods import METHODS, build_method, method_class
 from promptviz.methods.base import parse_options
 from promptviz.progress import progress_bar
 from promptviz.train import RESULTS, TrainConfig, check_device, run, run_eval, run_key
@@ -173,6 +173,15 @@ def check_study(cfg: CompareConfig) -> None:
     if len(set(slugs)) != len(slugs):
         raise PromptvizError(f"--methods {' '.join(cfg.methods)} name the same run folder "
                              "twice; give each variant different options")
+    seen: dict[tuple[str, str], str] = {}
+    for label, name in zip(cfg.methods, names):
+        opts = parse_options(method_class(name).Options,
+                             {**cfg.options.get(name, {}), **method_variant(label)[1]})
+        key = (name, repr(opts))
+        if key in seen:
+            raise PromptvizError(f"methods {seen[key]!r} and {label!r} train the same thing "
+                                 "(the same options); keep one of them")
+        seen[key] = label
     for flag, values in (("--methods", cfg.methods), ("--datasets", cfg.datasets),
                          ("--seeds", cfg.seeds), ("--shots", cfg.shots)):
         if not values:
@@ -187,6 +196,16 @@ def check_study(cfg: CompareConfig) -> None:
     check_device(cfg.device)
     for dataset in dict.fromkeys([*cfg.datasets, *([cfg.source] if cfg.source else [])]):
         load_dataset(dataset, cfg.data_root)
+    optioned = [(label, name) for label, name in zip(cfg.methods, names)
+                if method_variant(label)[1] or cfg.options.get(name)]
+    if optioned:                         # options that only the backbone can refuse
+        backbone = load_clip(cfg.backbone, cfg.device)   # (SEP's layers, n_visual, n_text)
+        for label, name in optioned:
+            opts = {**cfg.options.get(name, {}), **method_variant(label)[1]}
+            try:
+                build_method(name, backbone, ["a", "b"], "a photo of a {}.", opts)
+            except PromptvizError as e:
+                raise PromptvizError(f"method {label!r} on {cfg.backbone}: {e}") from None
 
 
 def _finished(path: Path, again: str) -> dict[str, Any] | None:
@@ -239,7 +258,7 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
             path = folder / f"transfer_{_slug(target)}.json"
             done = _finished(path, "evaluating again")
             if done is not None:
-                rows.append(done)
+                rows.append({**done, "method": method})
                 continue
             t = run_eval(folder, target, cfg.data_root, "fewshot", cfg.device,
                          progress=cfg.progress)
@@ -369,9 +388,9 @@ def load_study(folder: str | Path) -> dict[str, Any]:
 
 def study_command(config: dict[str, Any]) -> str:
     """The ``promptviz compare`` command line that makes a study with this ``config`` (a
-    table.json's), flags at their defaults left out."""
-    words = ["promptviz compare", "--methods", *map(shlex.quote, config["methods"]), "--datasets",
-             *config["datasets"], "--seeds", *map(str, config["seeds"])]
+    table.json's), flags at their defaults left out, every word quoted for a shell."""
+    words = ["--methods", *config["methods"], "--datasets", *config["datasets"], "--seeds",
+             *map(str, config["seeds"])]
     if config["protocol"] != "base2new":
         words += ["--protocol", config["protocol"]]
     if list(config["shots"]) != [16]:
@@ -382,10 +401,13 @@ def study_command(config: dict[str, Any]) -> str:
             words += [flag, str(config[key])]
     if config["backbone"] != "toyclip":
         words += ["--backbone", config["backbone"]]
+    if config.get("device", "cpu") != "cpu":
+        words += ["--device", config["device"]]
     for method, opts in config.get("options", {}).items():
-        words += [f"--set {method}.{k}={v}" for k, v in opts.items()]
+        for k, v in opts.items():
+            words += ["--set", f"{method}.{k}={v}"]
     words += ["--data-root", str(config["data_root"]), "--out", str(config["out"]), "--quiet"]
-    return " ".join(words)
+    return "promptviz compare " + " ".join(shlex.quote(w) for w in words)
 
 
 def compare(cfg: CompareConfig) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ from promptviz.data import Sample, load_images
 from promptviz.errors import Diverged, PromptvizError
 from promptviz.evaluate import autocast_for
 from promptviz.methods import Method, build_method
-from promptviz.methods.sep import cls_attention_scores
+from promptviz.methods.sep import cls_attention_scores, energy_scores
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
@@ -141,14 +141,13 @@ def _scores(method: Method, rule: str, seed: int) -> Any:
     in the block the tokens enter, computed on the tokens as they arrive, i.e. with the
     prompt states before this layer's rebuild in the softmax) or ``lowest`` (minus the
     energy: the quietest tokens win)."""
-    energy = method.token_scores
     gen = torch.Generator().manual_seed(seed)
 
     def scores(layer: int, x: torch.Tensor, n: int) -> torch.Tensor:
         if rule == "random":
             return torch.rand(x.shape[0], n, generator=gen).to(x.device)
         if rule == "lowest":
-            return -energy(layer, x, n)
+            return -energy_scores(x, n)
         return cls_attention_scores(method.backbone, layer, x, n)
     return scores
 

@@ -686,6 +686,7 @@ def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str 
             "; was the dataset rebuilt or the protocol changed? Re-train or pass the matching "
             "--protocol")
     method, _ = load_method(checkpoint, device, (state, meta))
+    set_seed(meta["seed"])           # a method that draws at test time (sep[score=random])
     metrics = evaluate_protocol(method, eval_sets, cfg)
     return {"method": meta["method"], "backbone": meta["backbone"], "dataset": ds.name,
             "protocol": cfg.protocol, "shots": meta["shots"], "seed": meta["seed"], **metrics}

@@ -175,14 +175,46 @@ def test_a_variant_is_its_own_row_and_run(tiny_root, tmp_path):
     assert meta["options"]["n_ctx"] == 2
     assert json.loads((runs / "coop" / "dtd" / "shots2" / "seed1" / "meta.json")
                       .read_text())["options"]["n_ctx"] == 4
-    again = compare(cfg)                                     # reused, same rows
-    assert [r["hm"] for r in again] == [r["hm"] for r in table]
+    import promptviz.compare as study
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished variant run was trained again")
+    original, study.run = study.run, no_training
+    try:
+        again = compare(cfg)                                 # reused, not retrained
+    finally:
+        study.run = original
+    assert [(r["method"], r["hm"]) for r in again] == [(r["method"], r["hm"]) for r in table]
+
+
+def test_variants_in_a_transfer_study_keep_their_labels_when_reused(tiny_root, tmp_path):
+    import promptviz.compare as study
+    other = tmp_path / "dtd_copy"                   # a folder-per-class copy as a target
+    for cls in (tiny_root / "dtd" / "images").iterdir():
+        shutil.copytree(cls, other / cls.name)
+    cfg = _cfg(tiny_root, tmp_path / "t", methods=["coop", "coop[n_ctx=2]"], seeds=[1],
+               protocol="dg", source="dtd", datasets=["dtd", str(other)])
+    first = compare(cfg)
+
+    def no_work(*a, **k):
+        raise AssertionError("a finished run or transfer was done again")
+    saved = study.run, study.run_eval
+    study.run = study.run_eval = no_work
+    try:
+        again = compare(cfg)
+    finally:
+        study.run, study.run_eval = saved
+    assert sorted((r["method"], r["dataset"]) for r in again) == sorted(
+        (r["method"], r["dataset"]) for r in first)
+    assert {r["method"] for r in again} == {"coop", "coop[n_ctx=2]"}
 
 
 @pytest.mark.parametrize("methods,words", [(["coop[n_ctx=two]"], "coop[n_ctx=two]"),
                                            (["coop[nctx=2]"], "unknown option"),
                                            (["coop[n_ctx=2]", "coop[n_ctx=2 ]"], "twice"),
-                                           (["nope[a=1]"], "unknown method")])
+                                           (["nope[a=1]"], "unknown method"),
+                                           (["coop", "coop[n_ctx=4]"], "the same thing"),
+                                           (["coop", "sep[layers=9]"], "do not exist")])
 def test_bad_variants_are_refused_before_training(tiny_root, tmp_path, methods, words):
     with pytest.raises(PromptvizError, match=words.replace("[", "\\[")):
         compare(_cfg(tiny_root, tmp_path / "s", methods=methods, seeds=[1]))

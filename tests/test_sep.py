@@ -232,3 +232,4 @@ def test_score_option_trains_with_the_rule_the_intervention_swaps_in(tiny_clip):
              ["vision"][1]["selected"] for name in ("energy", "random")}
     assert picks["energy"].shape == picks["random"].shape == (4, 4)
     assert (picks["energy"] != picks["random"]).any()
+

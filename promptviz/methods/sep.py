@@ -14,6 +14,10 @@ A Token Fusion Module (TFM) per layer and tower turns ``(P, T)`` into the new
 prompt states ``z``, which replace ``P``; the selected tokens stay where they are.
 Block 0 sees the raw learnable prompts. The rebuild is a backbone ``hook``.
 
+Ablations (options): ``towers="text"`` or ``"vision"`` rebuilds in one tower only (the
+other keeps its learned prompts unrebuilt); ``score="random"`` or ``"cls_attention"``
+selects the visual tokens by another rule, in training too.
+
 The final features are a residual ensemble with frozen CLIP,
 ``f̂ = norm(norm(f) + norm(f_frozen))`` and ``t̂ = norm(norm(t) + norm(t0))``, and
 the loss adds three regularisers (KgCoOp's text term, a visual consistency term,
@@ -82,9 +86,11 @@ class SEPOptions:
     proto_scale: float = 10.0               # its cosine scale
     ensemble: bool = True                   # residual ensemble with frozen CLIP features
     towers: str = "both"                    # ablation: rebuild in "both" | "text" | "vision";
-                                            # the other tower's prompts pass through as CoOp's
+                                            # the other tower keeps its learned prompts, which
+                                            # flow through its blocks unrebuilt (shallow prompts)
     score: str = "energy"                   # ablation: visual selection by "energy" (SEP),
-                                            # "random" or "cls_attention"
+                                            # "random" (the global RNG, seeded per run) or
+                                            # "cls_attention"
     template: str = ""                      # hand-crafted template for t0; "" = the dataset's
 
     def __post_init__(self) -> None:
@@ -170,6 +176,12 @@ def resolve_layers(layers: tuple[int, ...] | None, depth: int, tower: str) -> tu
     return tuple(sorted(set(layers)))
 
 
+def energy_scores(x: Tensor, n: int) -> Tensor:
+    """SEP's selection score of the first ``n`` tokens of ``x`` ``[B, N + K, D]``: their mean
+    squared activation, ``[B, n]``."""
+    return x[:, :n].detach().float().pow(2).mean(-1)   # SEP's score: mean_d x_{n,d}²
+
+
 def cls_attention_scores(backbone: Backbone, layer: int, x: Tensor, n: int) -> Tensor:
     """The head-averaged attention of CLS to each of the first ``n`` tokens in block ``layer``
     of the image tower, computed on the tokens as they enter it (``[B, n]``)."""
@@ -247,7 +259,7 @@ class SEP(Method):
             return torch.rand(x.shape[0], n, device=x.device)
         if self.options.score == "cls_attention":
             return cls_attention_scores(self.backbone, layer, x, n)
-        return x[:, :n].detach().float().pow(2).mean(-1)   # SEP's score: mean_d x_{n,d}²
+        return energy_scores(x, n)
 
     def fuse(self, tower: str, layer: int, p: Tensor, t: Tensor, need_weights: bool = False
              ) -> tuple[Tensor, Tensor | None]:

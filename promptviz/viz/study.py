@@ -10,6 +10,7 @@ the ``± std`` shown next to it is the std of the per-seed HMs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,7 +98,9 @@ def deltas(table: Sequence[dict[str, Any]], reference: str, metric: str = "hm",
     """Each method's ``metric`` against ``reference``'s on one dataset (default: the first
     one in the table), as rows ``{"intervention", "acc", "delta", "std"}`` in table order,
     the reference first with delta 0: an ablation study in the shape
-    :func:`promptviz.viz.intervention_bars` draws (``"none"`` marks the reference)."""
+    :func:`promptviz.viz.intervention_bars` draws (``"none"`` marks the reference).
+    ``std`` is the row's own spread over seeds (None for one seed), not the spread of the
+    delta; the standard error of a delta needs both rows' ``std``."""
     names = [r["dataset"] for r in table if r["dataset"] != "average"]
     dataset = dataset or (names[0] if names else None)
     rows = [r for r in table if r["dataset"] == dataset and metric in r]
@@ -166,7 +169,8 @@ def base_novel_scatter(rows: Sequence[dict[str, Any]], label: str = "method",
         lo = max(0.0, 10 * (min(values + [100.0]) // 10) - 10)
         hi = 100.0
     grid = [lo + (hi - lo) * i / 200 for i in range(1, 201)]
-    for h in range(10 * int(lo // 10) + 10, 100, 10 if hi - lo > 25 else 5):
+    step = 10 if hi - lo > 25 else 5
+    for h in range(step * math.ceil(lo / step), 100, step):
         # iso-HM curves: n = h·b / (2b − h)
         pts = [(b, h * b / (2 * b - h)) for b in grid if 2 * b > h
                and lo <= h * b / (2 * b - h) <= hi]

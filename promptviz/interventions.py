@@ -5,7 +5,7 @@ A view shows what a mechanism *looks like*; an intervention tests whether the me
 part replaced and restores it afterwards; :func:`intervention_table` evaluates a list of
 them next to the untouched method, so a notebook (or a test) gets plain numbers:
 
-TextRefiner (``t̂_c = t_c + α·W[t_c; r_c]``, ``r_c = softmax_j(q_c·A_j)·A``):
+TextRefiner (``t̂_c = t_c + α·W[t_c; r_c]``, ``r_c = softmax_j(q_c·A_j / τ)·A``):
 
 * ``read=class_mean`` — every class reads the mean of all classes' reads: what is left
   is one bias shared by all classes, which cannot change an argmax of cosine scores much;
@@ -248,12 +248,22 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
     method.eval()
     dev = method.backbone.device
 
+    # A method with a frozen image side (``cacheable``: all but SEP) sees the same image
+    # features under every intervention here (they all act on the text side), so the
+    # images go through the tower once; SEP's prompted image pass is re-run each time.
+    feats = None
+    if method.cacheable:
+        with torch.no_grad(), autocast_for(dev, precision):
+            feats = [method.encode_images(images[i:i + batch].to(dev))
+                     for i in range(0, len(images), batch)]
+
     @torch.no_grad()
     def acc() -> float:
         with autocast_for(dev, precision):        # as evaluate(): bf16 where it would be
             text = None if method.text_depends_on_image else method.text_features()
-            logits = [method.logits(images[i:i + batch].to(dev), text)
-                      for i in range(0, len(images), batch)]
+            logits = ([method.logits_from(f, text) for f in feats] if feats is not None else
+                      [method.logits(images[i:i + batch].to(dev), text)
+                       for i in range(0, len(images), batch)])
         if not all(bool(x.isfinite().all()) for x in logits):
             raise Diverged(f"the {method.name} model's scores are NaN or infinite under "
                            "an intervention or untouched; no accuracy to report")

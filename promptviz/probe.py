@@ -14,7 +14,10 @@ Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arr
 * :func:`text_drift` — how far a learned prompt moved each class's text feature from the
   hand-made template's (KgCoOp's measure);
 * :func:`image_features`, :func:`linear_head` — how much K labelled shots can teach *any*
-  classifier on the frozen image features, the headroom a learned prompt competes for.
+  classifier on the frozen image features, the headroom a learned prompt competes for;
+* :func:`global_and_local_features`, :func:`probe_accuracy` — whether a label is easier
+  to read from the image tower's patch tokens than from its global feature (the premise of
+  a method that mines local tokens, such as TextRefiner).
 """
 
 from __future__ import annotations
@@ -263,3 +266,52 @@ def linear_head(backbone: Backbone, train: Sequence[Sample], val: Sequence[Sampl
             best = (v, step, acc("test"), acc("train"))
     return {"zero_shot": zero_shot, "linear_head": best[2], "val": best[0], "train": best[3],
             "best_test": ceiling, "step": float(best[1])}
+
+
+# --- global vs local: where a frozen image tower keeps a detail ------------------------
+
+@torch.no_grad()
+def global_and_local_features(backbone: Backbone, images: Tensor, batch_size: int = 128
+                              ) -> dict[str, Tensor]:
+    """Per image, from one frozen pass (fp32, CPU, every row L2-normalised): ``global``, the
+    image feature ``norm(f_img)`` ``[B, d]``; ``patch_mean`` and ``patch_max``, the mean and
+    the element-wise max over the patches of the last block's tokens through ``ln_post`` and
+    ``proj`` (the raw local tokens that TextRefiner's alignment MLP reads; each normalised
+    first), ``[B, d]``."""
+    last = backbone.info.vision_layers - 1
+    out: dict[str, list[Tensor]] = {"global": [], "patch_mean": [], "patch_max": []}
+    with autocast_for(backbone.device):
+        for i in range(0, len(images), batch_size):
+            cache = ActivationCache(attn_layers=[last])
+            f = backbone.encode_image(images[i:i + batch_size].to(backbone.device), cache=cache,
+                                      normalize=True).float().cpu()
+            patches = torch.nn.functional.normalize(cache["vis_proj"][:, 1:].float().cpu(), dim=-1)
+            out["global"].append(f)
+            out["patch_mean"].append(patches.mean(dim=1))
+            out["patch_max"].append(patches.amax(dim=1))
+    return {k: torch.nn.functional.normalize(torch.cat(v), dim=-1) for k, v in out.items()}
+
+
+def probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                   steps: int = 500, lr: float = 0.01, seed: int = 0) -> float:
+    """Test accuracy (%) of a linear classifier (softmax regression, full-batch Adam for
+    ``steps`` steps on features standardised with the training set's mean and std) trained
+    on ``train_x`` ``[N, d]`` → ``train_y``: how linearly readable a label is from a feature."""
+    train_x, test_x = train_x.float().cpu(), test_x.float().cpu()
+    train_y, test_y = train_y.long().cpu(), test_y.long().cpu()
+    n = int(max(train_y.max(), test_y.max())) + 1
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(0.01 * torch.randn(train_x.shape[1], n, generator=gen))
+    b = torch.nn.Parameter(torch.zeros(n))
+    optim = torch.optim.Adam([w, b], lr=lr)
+    x = (train_x - mu) / sd
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(x @ w + b, train_y)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    with torch.no_grad():
+        pred = (((test_x - mu) / sd) @ w + b).argmax(-1)
+    return 100.0 * float((pred == test_y).float().mean())

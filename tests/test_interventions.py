@@ -99,6 +99,54 @@ def test_table_and_unknown_names(refiner, tiny_root):
         read_statistics(refiner.base)
 
 
+def test_table_encodes_a_frozen_image_side_once(refiner, tiny_root, monkeypatch):
+    """TextRefiner's interventions all act on the text: its table sends each test image
+    through the image tower once, and every accuracy equals a full evaluation's."""
+    from promptviz.data import load_dataset
+    ds = load_dataset("dtd", tiny_root)
+    refiner.set_classnames(ds.classnames, ds.template)
+    expected = {}
+    for name in ("none", "read=zero", "alpha=0", "context=initial"):
+        with intervene(refiner, name) if name != "none" else torch.no_grad():
+            expected[name] = evaluate(refiner, ds.test, ds.classnames, ds.template,
+                                      progress=False)
+    calls = []
+    encode = refiner.backbone.encode_image
+    monkeypatch.setattr(refiner.backbone, "encode_image",
+                        lambda x, *a, **k: calls.append(len(x)) or encode(x, *a, **k))
+    rows = intervention_table(refiner, ds.test, ds.classnames, ds.template, batch_size=2,
+                              names=["read=zero", "alpha=0", "context=initial"])
+    assert sum(calls) == len(ds.test)                       # one pass over the test images
+    assert {r["intervention"]: r["acc"] for r in rows} == expected
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "cocoop"])
+def test_table_untouched_row_is_the_evaluation(name, tiny_clip, tiny_root):
+    """The features encoded once serve methods without interventions too, CoCoOp's
+    image-conditioned text included: the untouched row is what evaluate() gives, and (for
+    zero-shot) each image is scored with its own features (labels = its own predictions)."""
+    from promptviz.data import load_dataset
+    ds = load_dataset("dtd", tiny_root)
+    torch.manual_seed(0)
+    m = build_method(name, tiny_clip, ds.classnames, ds.template).eval()
+    if name == "cocoop":
+        with torch.no_grad():
+            for p in m.trainable_parameters():
+                p.add_(0.3 * torch.randn_like(p))           # a meta-net that does something
+    rows = intervention_table(m, ds.test, ds.classnames, ds.template, batch_size=3)
+    assert rows == [{"intervention": "none", "delta": 0.0,
+                     "acc": evaluate(m, ds.test, ds.classnames, ds.template, progress=False)}]
+    if name == "cocoop":
+        return                          # the tiny model's CoCoOp picks one class for every image
+    from promptviz.data import load_images
+    images = load_images(ds.test, tiny_clip.image_size, tiny_clip.mean, tiny_clip.std)
+    with torch.no_grad():
+        own = torch.cat([m.logits(images[i:i + 3]) for i in range(0, len(images), 3)]).argmax(-1)
+    assert len(set(own.tolist())) > 1                       # the check below can fail
+    (row,) = intervention_table(m, images, ds.classnames, ds.template, batch_size=3, labels=own)
+    assert row["acc"] == 100.0
+
+
 # -- SEP -------------------------------------------------------------------------------
 SEP_NAMES = ["red star", "blue circle", "green heart", "yellow square"]
 

@@ -184,6 +184,29 @@ def test_bad_options(tiny_clip):
         _refiner(tiny_clip, local_tokens="all")
     with pytest.raises(PromptvizError, match="topk"):
         _refiner(tiny_clip, topk=100)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(PromptvizError, match="read_temperature"):
+            _refiner(tiny_clip, read_temperature=bad)
+
+
+def test_read_temperature_sharpens_the_read(tiny_clip):
+    """τ divides the read's scores: r_c = softmax_j(q_c·A_j / τ)·A, recomputed by hand; the
+    authors' τ = 1 keeps every class near the uniform mix, a small τ makes the reads differ."""
+    from promptviz.interventions import read_statistics
+    stats = {}
+    for tau in (1.0, 0.01):
+        m = _refiner(tiny_clip, read_temperature=tau).eval()
+        with torch.no_grad():
+            t = m.base_text()
+            by_hand = (torch.nn.functional.normalize(t, dim=-1) @ m.cache.t() / tau).softmax(-1)
+            assert torch.allclose(m.read_weights(), by_hand, atol=1e-6)
+            assert torch.allclose(m.read(t), by_hand @ m.cache, atol=1e-6)
+        stats[tau] = read_statistics(m)
+    assert torch.equal(_refiner(tiny_clip, read_temperature=1.0).cache,
+                       _refiner(tiny_clip, read_temperature=0.01).cache)   # same start
+    assert stats[1.0]["entropy"] > stats[1.0]["max_entropy"] - 0.01      # near uniform
+    assert stats[0.01]["entropy"] < stats[1.0]["entropy"] - 0.5
+    assert stats[0.01]["read_cosine"] < stats[1.0]["read_cosine"]
 
 
 def _one_step(tiny_clip, **options):
@@ -224,9 +247,12 @@ def test_cli_train_kgcoop_base(tiny_root, tmp_path, capsys):
     out = tmp_path / "tr"
     assert main(["train", "--method", "textrefiner", "--backbone", "pv-tiny", "--dataset", "dtd",
                  "--data-root", str(tiny_root), "--out", str(out), "--epochs", "2",
-                 "--shots", "4", "--quiet", "--base-method", "kgcoop"]) == 0
+                 "--shots", "4", "--quiet", "--base-method", "kgcoop",
+                 "--set", "read_temperature=0.01"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "textrefiner" and res["options"]["base_method"] == "kgcoop"
+    from promptviz.train import load_method
+    assert load_method(out)[0].options.read_temperature == 0.01   # the option came back too
     assert {"ce", "local", "reg", "kg"} <= set(res["history"][-1])
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data-root", str(tiny_root), "--json",

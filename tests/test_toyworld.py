@@ -15,7 +15,7 @@ from PIL import Image
 from promptviz.data import load_dataset, scan_data_root
 from promptviz.errors import PromptvizError
 from promptviz.toyworld import caption, patch_attributes, patch_labels, render_scenes, sample_batch
-from promptviz.toyworld.captions import COLOUR_WORDS, PAINT_WORDS, SHAPE_WORDS
+from promptviz.toyworld.captions import COLOUR_WORDS, PAINT_WORDS, SHAPE_WORDS, WEAVE_WORDS
 from promptviz.toyworld.render import object_masks, patch_coverage
 from promptviz.toyworld.suite import DATASETS, build_suite, class_folder, load_ground_truth
 from promptviz.toyworld.world import (
@@ -200,6 +200,21 @@ def test_paint_names_only_when_asked_and_the_shipped_stream_is_unchanged():
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "74cf9c12a10eb45e"
 
 
+def test_weave_words_are_never_in_a_caption_and_both_halves_have_every_pattern():
+    """ToyWeaves' class names pair a shape word toyclip knows with a textile word no
+    caption uses (not even with paint names on), and base and novel classes share patterns."""
+    r = random.Random(11)
+    scenes = [sample_scene(r) for _ in range(400)]
+    texts = [_words(caption(s, random.Random(i), paint=p)) for i, s in enumerate(scenes)
+             for p in (0.0, 1.0)]
+    assert not [w for w in WEAVE_WORDS.values() for t in texts if f" {w} " in t]
+    spec = DATASETS["toy_weaves"]
+    half = len(spec.classnames) // 2          # base = the first half (subsample_classes)
+    for names in (spec.classnames[:half], spec.classnames[half:]):
+        assert {n.split()[0] for n in names} == set(WEAVE_WORDS.values())
+    assert all(n.split()[1] in SHAPE_WORDS for n in spec.classnames)
+
+
 def test_caption_is_deterministic_given_rng():
     scene = sample_scene(np.random.default_rng(0))
     assert caption(scene, np.random.default_rng(1)) == caption(scene, np.random.default_rng(1))
@@ -266,6 +281,8 @@ def test_build_suite_writes_coop_layout(tmp_path):
                 assert f"{main.colour} {main.shape}" == classname
             elif card["name"] == "ToyPaints":
                 assert PAINT_WORDS[main.colour] == classname
+            elif card["name"] == "ToyWeaves":
+                assert f"{WEAVE_WORDS[main.pattern]} {main.shape}" == classname
             else:
                 assert main.position in classname
     # the core loader reads every dataset back, and `promptviz datasets` lists them

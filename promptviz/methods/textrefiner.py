@@ -5,7 +5,8 @@ by all classes and miss fine-grained visual concepts, so TextRefiner keeps a sma
 **local cache** ``A ∈ [M, d]`` of concept directions written from the image
 tower's own patch tokens, and lets every class's text feature read from it:
 
-* **read** (every forward): ``r_c = softmax_j(q_c·A_j)·A`` with ``q = norm(t)``;
+* **read** (every forward): ``r_c = softmax_j(q_c·A_j / τ)·A`` with ``q = norm(t)``
+  (τ = 1 in the authors' code, ``read_temperature``);
 * **aggregate**: ``t̂_c = t_c + α·W[t_c; r_c]``; logits ``s·norm(f_img) @ t̂ᵀ``;
 * **write** (training only, after the read): the B·N aligned visual tokens of the
   batch are folded into their nearest slots by a momentum rule (:func:`cache_write`).
@@ -22,6 +23,7 @@ paper's reading of each detail (methods.md §5.4).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -52,6 +54,7 @@ class TextRefinerOptions(KgCoOpOptions):
     momentum: float = 0.8               # m in A_i ← m·A_i + (1−m)·Σ w_t v_t
     topk: int = 5                       # k patches with the highest CLS attention in L2
     layer: int = -1                     # visual block whose output tokens are read (-1 = last)
+    read_temperature: float = 1.0       # τ of the read softmax_j(q_c·A_j / τ); code: 1
     # -- code vs paper (methods.md §5.4); the defaults are the authors' code
     renormalize_refined: bool = False   # True: logits use norm(t̂) instead of t̂
     normalize_local: bool = False       # True: the local tokens of L2 are L2-normalised
@@ -103,6 +106,9 @@ class TextRefiner(Method):
         n_layers, n_patches = backbone.info.vision_layers, backbone.grid_size[0] ** 2
         if not -n_layers <= o.layer < n_layers:
             raise PromptvizError(f"layer={o.layer}; this backbone has {n_layers} visual blocks")
+        if not (math.isfinite(o.read_temperature) and o.read_temperature > 0):
+            raise PromptvizError(f"read_temperature={o.read_temperature}; use a positive number "
+                                 "(1 is the authors' read; smaller makes it sharper)")
         if not 1 <= o.topk <= n_patches:
             raise PromptvizError(f"topk={o.topk}; choose 1 to {n_patches} (the patch count)")
         self.layer = o.layer % n_layers
@@ -149,10 +155,17 @@ class TextRefiner(Method):
         """``A``, detached in training unless it is learned by gradient."""
         return self.cache if self.options.cache_update == "gradient" else self.cache.detach()
 
+    def read_logits(self, t: Tensor, cache: Tensor) -> Tensor:
+        """``q_c·A_j / τ`` for every class and slot, ``[C, M]`` (``q = norm(t)``), in fp32
+        even under autocast: at a small τ the scores reach ±1/τ, where bf16 steps are coarse."""
+        with torch.autocast(t.device.type, enabled=False):
+            q = F.normalize(t.float(), dim=-1)
+            return q @ cache.float().t() / self.options.read_temperature
+
     def read(self, t: Tensor) -> Tensor:
         """What each class reads from the cache, ``[C, d]`` (``q = norm(t)``)."""
         a = self._cache().float()
-        return (F.normalize(t, dim=-1) @ a.t()).softmax(dim=-1) @ a   # read: softmax_j(q_c·A_j)·A
+        return self.read_logits(t, a).softmax(dim=-1) @ a     # read: r_c = softmax_j(q_c·A_j/τ)·A
 
     def refine(self, t: Tensor) -> Tensor:
         """``t̂ = t + α·W[t; r]`` (then ``norm(t̂)`` if ``renormalize_refined``), ``[C, d]``."""
@@ -167,9 +180,9 @@ class TextRefiner(Method):
         return self.refine(self.base_text())
 
     def read_weights(self) -> Tensor:
-        """How each current class reads the cache: ``softmax_j(q_c·A_j)``, ``[C, M]``."""
+        """How each current class reads the cache: ``softmax_j(q_c·A_j / τ)``, ``[C, M]``."""
         with torch.no_grad():
-            return (self.base_text() @ self.cache.detach().float().t()).softmax(dim=-1)
+            return self.read_logits(self.base_text(), self.cache.detach().float()).softmax(dim=-1)
 
     # -- the image side -------------------------------------------------------------
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -96,6 +96,11 @@ PAINT_WORDS = {
     "cyan": "teal", "blue": "ultramarine", "purple": "amethyst", "pink": "fuchsia",
     "brown": "umber",
 }
+# Textile names for four patterns, never used by the captions (toyclip's pretraining never
+# sees them, unlike PAINT_WORDS): ToyWeaves' classes name their pattern with these, so
+# what tells two of its classes apart is a local texture behind a word toyclip cannot read.
+WEAVE_WORDS = {"striped": "pinstripe", "dotted": "dappled", "checkered": "gingham",
+               "wavy": "chevron"}
 BACKGROUND_WORDS = {
     "light": ("on a white background", "on a light background"),
     "dark": ("on a dark background", "on a black background"),

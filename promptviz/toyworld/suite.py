@@ -11,6 +11,10 @@ classes that share attributes, a spatial task and domain-shifted test sets:
 - ``toy_paints`` (ToyPaints): 9 colours under their specialist names, "vermilion",
   "ultramarine"...; "a photo of a {} shape." -- words the pretraining captions seldom
   use, like the flower, aircraft and land-use names of the real suite
+- ``toy_weaves`` (ToyWeaves): 16 pattern x shape classes, the pattern under a textile name
+  no caption uses, "gingham hexagon"...; "a photo of a {}." -- classes of one shape differ
+  only in a local texture behind a word toyclip cannot read; base classes are circles and
+  squares, novel ones hexagons and diamonds, so both halves share the four pattern words
 - ``toy_shapes_sketch`` / ``_noisy`` / ``_shifted`` (ToyShapesSketch...): ToyShapes'
   classes, test split only, drawn in another style (domain generalisation).
 
@@ -46,7 +50,7 @@ from PIL import Image
 
 from promptviz.checkpoint import make_folder
 from promptviz.errors import PromptvizError
-from promptviz.toyworld.captions import PAINT_WORDS
+from promptviz.toyworld.captions import PAINT_WORDS, WEAVE_WORDS
 from promptviz.toyworld.render import patch_labels, render_scenes
 from promptviz.toyworld.world import (
     COLOURS,
@@ -66,6 +70,7 @@ GT_PATCH = 8  # patch size of the patch-label grid stored in the sidecars
 
 FINE_COLOURS = ("red", "orange", "pink", "purple", "blue", "green")
 FINE_SHAPES = ("circle", "hexagon", "square", "diamond", "star", "cross")
+WEAVE_SHAPES = ("circle", "square", "hexagon", "diamond")  # base: the first two, novel: the rest
 POSITION_CLASSES = {
     "top left": "a shape in the top left", "top": "a shape at the top",
     "top right": "a shape in the top right", "left": "a shape on the left",
@@ -109,6 +114,10 @@ def _specs() -> dict[str, DatasetSpec]:
         DatasetSpec("toy_paints", "ToyPaints", "a photo of a {} shape.",
                     tuple(PAINT_WORDS[c] for c in COLOURS), tuple({"colour": c} for c in COLOURS)),
     ]
+    weaves = [(s, p) for s in WEAVE_SHAPES for p in WEAVE_WORDS]
+    specs.append(DatasetSpec("toy_weaves", "ToyWeaves", "a photo of a {}.",
+                             tuple(f"{WEAVE_WORDS[p]} {s}" for s, p in weaves),
+                             tuple({"shape": s, "pattern": p} for s, p in weaves)))
     for style in ("sketch", "noisy", "shifted"):
         specs.append(DatasetSpec(f"toy_shapes_{style}", f"ToyShapes{style.title()}",
                                  shapes.template, shapes.classnames, shapes.mains,

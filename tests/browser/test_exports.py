@@ -24,7 +24,16 @@ from browserkit import Offline, assert_painted
 
 import promptviz.viz
 from promptviz.toyworld import sample_batch
-from promptviz.viz import embeddings, patches, results, sep, similarity, study, textrefiner
+from promptviz.viz import (
+    embeddings,
+    patches,
+    pipeline,
+    results,
+    sep,
+    similarity,
+    study,
+    textrefiner,
+)
 from promptviz.viz.report import standalone_html
 
 CLASSES = ["red circle", "blue square", "green star", "yellow heart"]
@@ -98,6 +107,9 @@ def figures() -> dict[str, go.Figure]:
         "per_dataset_bars": study.per_dataset_bars(
             [{"method": m, "dataset": ds, "acc": 40.0 + 10 * i + 5 * j}
              for i, m in enumerate(("CoOp", "SEP")) for j, ds in enumerate(("toy_fine", "dtd"))]),
+        "pipeline_diagram": pipeline.pipeline_diagram(
+            pipeline.PIPELINES["sep"]["boxes"], pipeline.PIPELINES["sep"]["arrows"], "SEP"),
+        "method_pipeline": pipeline.method_pipeline("textrefiner"),
         "probability_bars": similarity.probability_bars(
             {"s = 1": d["w"][0, :4] / d["w"][0, :4].sum(), "s = 100": [0.9, 0.05, 0.03, 0.02]},
             CLASSES),

@@ -70,7 +70,7 @@ def _summary(res: dict) -> str:
 def cmd_datasets(a: argparse.Namespace) -> int:
     from promptviz.data import format_report, scan_data_root
     reports = scan_data_root(a.data_root)
-    print(format_report(reports))
+    print(format_report(reports, a.data_root))
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -188,8 +188,22 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = """examples (offline, on a CPU, with the project's own toyclip):
+  promptviz toyworld build --out data/toyworld     # the ToyWorld datasets
+  promptviz datasets --data-root data/toyworld     # what is there, and whether it is complete
+  promptviz train --method coop --dataset toy_paints --data-root data/toyworld --out runs/coop
+  promptviz eval --checkpoint runs/coop            # re-evaluate a finished run
+  promptviz compare --methods zeroshot coop sep --datasets toy_paints --seeds 1 2 3 \\
+      --data-root data/toyworld --out runs/study
+  promptviz demo                                   # the whole tour, one HTML report
+
+`promptviz COMMAND --help` lists a command's flags; PROMPTVIZ_DEBUG=1 shows tracebacks."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="promptviz", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="promptviz", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=EXAMPLES)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and evaluate one method on one dataset")

@@ -36,7 +36,7 @@ import plotly.graph_objects as go
 from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data.datasets import load_dataset, looks_like_path
-from promptviz.errors import PromptvizError
+from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean
 from promptviz.featcache import weights_fingerprint
 from promptviz.methods import METHODS, build_method, method_class
@@ -152,7 +152,8 @@ def check_study(cfg: CompareConfig) -> None:
     names = [method_variant(m)[0] for m in cfg.methods]
     bad = [m for m, name in zip(cfg.methods, names) if name not in METHODS]
     if bad:
-        raise PromptvizError(f"unknown method(s) {', '.join(bad)}; choose from "
+        hints = "".join(did_you_mean(method_variant(m)[0], METHODS) for m in bad)
+        raise PromptvizError(f"unknown method(s) {', '.join(bad)}{hints}; choose from "
                              f"{', '.join(sorted(METHODS))}")
     for method, opts in cfg.options.items():
         if method not in names:

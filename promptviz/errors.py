@@ -8,6 +8,9 @@ a traceback; library callers can catch it like any exception.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class PromptvizError(Exception):
     """A user error: the message says what is wrong and how to fix it."""
@@ -18,3 +21,9 @@ class PromptvizError(Exception):
 class Diverged(PromptvizError):
     """Training produced NaN or infinite losses, weights or scores. A run cannot go on from
     there, so ``train.run`` removes its ``resume.pt`` (and the ``--out`` it created)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'coop'?)`` when ``name`` looks like a misspelt choice, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -87,8 +87,9 @@ def test_bad_train_setting_is_one_error_and_writes_nothing(tiny_root, tmp_path, 
 def test_unknown_method_dataset_and_tagless_backbone(tiny_root, tmp_path, capsys):
     out = tmp_path / "run"
     argv = train(tiny_root, out)
-    fails([*argv[:2], "coopp", *argv[3:]], capsys, "unknown method 'coopp'")
-    fails([*argv, "--dataset", "dtdd"], capsys, "dtdd")
+    fails([*argv[:2], "coopp", *argv[3:]], capsys, "unknown method 'coopp' (did you mean 'coop'?)")
+    fails([*argv, "--dataset", "dtdd"], capsys, "Unknown dataset 'dtdd' (did you mean 'dtd'?)")
+    fails([*argv, "--dataset", "qwerty"], capsys, "Unknown dataset 'qwerty'. Known")  # no guess
     # an architecture without a tag would be random weights at chance: refused
     fails([*argv, "--backbone", "ViT-B-32"], capsys, "ViT-B-32 names an architecture",
           "ViT-B-32:openai")
@@ -307,7 +308,7 @@ def study(tiny_root: Path, out: Path, *extra: str) -> list[str]:
     (["--set", "cop.n_ctx=2"], "'cop' is not a method of this study"),
     (["--set", "coop.nctx=2"], "unknown option(s) ['nctx']"),
     (["--set", "n_ctx=2"], "name the method"),
-    (["--methods", "zeroshot", "coop", "sepp"], "unknown method(s) sepp"),
+    (["--methods", "zeroshot", "coop", "sepp"], "unknown method(s) sepp (did you mean 'sep'?)"),
     (["--datasets", "dtd", "dtdd"], "dtdd"),
     (["--seeds", "1", "1"], "--seeds repeats a value"),
     (["--shots", "0"], "--shots 0"),
@@ -459,3 +460,32 @@ def test_eval_finds_a_relative_dataset_path_from_elsewhere(tiny_root, tmp_path, 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["eval", "--checkpoint", "../run", "--quiet"]) == 0
+
+
+def test_help_is_quick_lists_examples_that_parse_and_imports_no_torch(tmp_path):
+    """`promptviz --help` must not import torch or open_clip (seconds on a laptop), and
+    every example in it must be a command the parser accepts."""
+    import shlex
+    import subprocess
+    import sys
+
+    from promptviz.cli import EXAMPLES, build_parser
+    code = ("import sys, promptviz.cli as c\n"
+            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "examples" in done.stdout and done.stdout.strip().endswith("[]")
+    lines = EXAMPLES.replace("\\\n", " ").splitlines()
+    commands = [ln.split("#")[0].strip() for ln in lines if ln.strip().startswith("promptviz ")]
+    assert len(commands) >= 5
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])      # SystemExit if not
+
+
+def test_datasets_on_an_empty_root_names_it_and_how_to_fill_it(tmp_path, capsys):
+    from promptviz.cli import main
+    assert main(["datasets", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"No datasets found under {tmp_path}" in out
+    assert f"promptviz toyworld build --out {tmp_path}" in out

@@ -51,7 +51,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from promptviz.errors import PromptvizError
+from promptviz.errors import PromptvizError, did_you_mean
 
 CARD_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
@@ -841,8 +841,9 @@ def _load_dataset(name: str, data_root: str | Path | None) -> Dataset:
         return _load_path(root / name)
     cards = _cards_under(root)
     extra = f" Dataset cards under {root}: {', '.join(cards)}." if cards else ""
+    hint = did_you_mean(name, [*KNOWN_DATASETS, *cards])
     raise PromptvizError(
-        f"Unknown dataset {name!r}. Known datasets: {', '.join(KNOWN_DATASETS)}.{extra} "
+        f"Unknown dataset {name!r}{hint}. Known datasets: {', '.join(KNOWN_DATASETS)}.{extra} "
         f"A folder path also works: a folder with a dataset.json card, or a folder-per-class "
         f"directory (DIR/<class>/<images>)."
     )
@@ -902,8 +903,9 @@ def scan_data_root(data_root: str | Path) -> list[DatasetReport]:
     return reports
 
 
-def format_report(reports: list[DatasetReport]) -> str:
-    """A plain-text table of :func:`scan_data_root`'s reports, problems spelled out below."""
+def format_report(reports: list[DatasetReport], root: str | Path | None = None) -> str:
+    """A plain-text table of :func:`scan_data_root`'s reports, problems spelled out below;
+    given the scanned ``root``, an empty report names it and says how to fill it."""
     header = ("name", "folder", "classes", "train", "val", "test", "status")
     rows, notes = [], []
     for r in reports:
@@ -923,7 +925,12 @@ def format_report(reports: list[DatasetReport]) -> str:
                      for i, (c, w) in enumerate(zip(row, widths))]
             lines.append("  ".join(cells).rstrip())
     else:
-        lines.append("No datasets found (no CoOp dataset folders and no dataset.json cards).")
+        where = f" under {root}" if root is not None else ""
+        lines.append(f"No datasets found{where} (no CoOp dataset folders and no dataset.json "
+                     "cards).")
+        if root is not None:
+            lines.append(f"Build the ToyWorld suite there: promptviz toyworld build --out {root}"
+                         " (or pass --data-root with your CoOp datasets).")
     if notes:
         lines += ["", *notes]
     present = {find_spec(r.name).folder for r in reports if find_spec(r.name)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from promptviz.backbone import Backbone
-from promptviz.errors import PromptvizError
+from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods.base import Method, TrainDefaults, parse_options
 from promptviz.methods.cocoop import CoCoOp
 from promptviz.methods.coop import CoOp, nearest_words
@@ -20,7 +20,8 @@ METHODS: dict[str, type[Method]] = {
 
 def method_class(name: str) -> type[Method]:
     if name not in METHODS:
-        raise PromptvizError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+        raise PromptvizError(f"unknown method {name!r}{did_you_mean(name, METHODS)}; choose one "
+                             f"of {sorted(METHODS)}")
     return METHODS[name]
 
 

@@ -7,6 +7,7 @@ with status 2; no traceback. Set ``PROMPTVIZ_DEBUG=1`` to see tracebacks anyway.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -188,6 +189,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to a flag's help, except where X says nothing (None, False, an
+    empty value) or the help text already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        d = action.default
+        if d is None or d is False or d == "" or d == [] or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 EXAMPLES = """examples (offline, on a CPU, with the project's own toyclip):
   promptviz toyworld build --out data/toyworld     # the ToyWorld datasets
   promptviz datasets --data-root data/toyworld     # what is there, and whether it is complete
@@ -205,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=EXAMPLES)
     sub = p.add_subparsers(dest="command", required=True)
+    # every command's --help shows each flag's default next to its help text
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)
 
     t = sub.add_parser("train", help="train and evaluate one method on one dataset")
     t.add_argument("--method", required=True,
@@ -215,17 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True,
                    help="CoOp folder name (dtd, oxford_pets, …), a card folder or a folder path")
     t.add_argument("--data-root", default="data", help="folder holding the datasets")
-    t.add_argument("--protocol", default="base2new", choices=["base2new", "fewshot"])
-    t.add_argument("--shots", type=int, default=16)
-    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--protocol", default="base2new", choices=["base2new", "fewshot"],
+                   help='base2new: train on the base half of the classes, test on '
+                        'both halves; fewshot: all classes')
+    t.add_argument("--shots", type=int, default=16,
+                   help='training images per class')
+    t.add_argument("--seed", type=int, default=1,
+                   help='seed of the shot sampling, the initialisation and the batch order')
     t.add_argument("--out", required=True, help="output folder (results.json + checkpoint)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace another run (other settings) found in --out; without it "
                         "that is an error and nothing is touched")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--epochs", type=int,
+                   help="default: the method's, per dataset (its authors' schedule)")
+    t.add_argument("--batch-size", type=int,
+                   help="default: the method's")
+    t.add_argument("--lr", type=float,
+                   help="default: the method's")
+    t.add_argument("--optimizer", choices=["sgd", "adam"],
+                   help="default: the method's")
     t.add_argument("--select", choices=["last", "best_val"],
                    help="final model: the last epoch or the best on validation (default: the "
                         "method's; best_val for textrefiner, as its authors' config)")
@@ -235,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on a GPU that has it, else fp32; fp16 adds a "
                         "gradient scaler; weights stay fp32")
-    t.add_argument("--num-workers", type=int, default=0)
+    t.add_argument("--num-workers", type=int, default=0,
+                   help='data-loading worker processes')
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -248,25 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint folder")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True,
+                   help='a `promptviz train --out` folder')
     e.add_argument("--dataset", help="default: the checkpoint's own dataset, as given to train")
     e.add_argument("--data-root", help="default: the data root the checkpoint was trained from "
                    "(with --dataset: data)")
-    e.add_argument("--protocol", choices=["base2new", "fewshot"])
+    e.add_argument("--protocol", choices=["base2new", "fewshot"],
+                   help="default: the checkpoint's")
     e.add_argument("--backbone", help="must match the checkpoint's backbone")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--device", default="cpu",
+                   help='cpu | cuda')
+    e.add_argument("--json", action="store_true",
+                   help='also print the full results as JSON')
+    e.add_argument("--quiet", action="store_true",
+                   help='no progress bars')
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("datasets", help="list the datasets found under a data root")
-    d.add_argument("--data-root", default="data")
+    d.add_argument("--data-root", default="data",
+                   help='folder to scan')
     d.set_defaults(func=cmd_datasets)
 
     pt = sub.add_parser("pretrain", help="pretrain toyclip contrastively on the ToyWorld stream")
-    pt.add_argument("--out", default="runs/pretrain")
+    pt.add_argument("--out", default="runs/pretrain",
+                    help='run folder; run the same command again to resume')
     pt.add_argument("--model", default="toyclip", help="open_clip config name")
-    pt.add_argument("--steps", type=int, default=2500)
+    pt.add_argument("--steps", type=int, default=2500,
+                    help='contrastive training steps')
     pt.add_argument("--warm-steps", type=int, default=1500,
                     help="supervised warm start of the image tower (0 = none)")
     pt.add_argument("--warm-from", default="", metavar="RUN",
@@ -288,34 +319,53 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--aux-weight", type=float, default=0.0, metavar="W",
                     help="weight of attribute heads on the image embedding during the "
                          "contrastive run (keeps what the warm start taught; 0 = off)")
-    pt.add_argument("--batch-size", type=int, default=128)
-    pt.add_argument("--lr", type=float, default=1e-3)
-    pt.add_argument("--warmup", type=int, default=100)
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--device", default="cpu")
-    pt.add_argument("--threads", type=int, default=0)
-    pt.add_argument("--quiet", action="store_true")
+    pt.add_argument("--batch-size", type=int, default=128,
+                    help='scenes (image-caption pairs) per step')
+    pt.add_argument("--lr", type=float, default=1e-3,
+                    help='peak learning rate')
+    pt.add_argument("--warmup", type=int, default=100,
+                    help='linear warm-up steps')
+    pt.add_argument("--seed", type=int, default=0,
+                    help='seed of the ToyWorld stream and of the initialisation')
+    pt.add_argument("--device", default="cpu",
+                    help='cpu | cuda')
+    pt.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default)")
+    pt.add_argument("--quiet", action="store_true",
+                    help='no progress bar')
     pt.set_defaults(func=cmd_pretrain)
 
     tw = sub.add_parser("toyworld", help="the generated ToyWorld datasets")
     tw_sub = tw.add_subparsers(dest="toyworld_command", required=True)
+    tw_sub.add_parser = functools.partial(tw_sub.add_parser, formatter_class=_HelpWithDefaults)
     b = tw_sub.add_parser("build", help="write the ToyWorld suite in CoOp's layout")
-    b.add_argument("--out", default="data/toyworld")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--image-size", type=int, default=64)
+    b.add_argument("--out", default="data/toyworld",
+                   help='folder to write the datasets into')
+    b.add_argument("--seed", type=int, default=0,
+                   help="the suite's seed: the same seed draws the same images")
+    b.add_argument("--image-size", type=int, default=64,
+                   help='pixels per side (a multiple of 8, 16 to 512)')
     b.add_argument("--n-train", type=int, default=24, help="training images per class")
-    b.add_argument("--n-val", type=int, default=8)
-    b.add_argument("--n-test", type=int, default=30)
+    b.add_argument("--n-val", type=int, default=8,
+                   help='validation images per class')
+    b.add_argument("--n-test", type=int, default=30,
+                   help='test images per class')
     b.add_argument("--datasets", nargs="*", help="subset of dataset folders (default: all)")
     b.set_defaults(func=cmd_toyworld_build)
     c = tw_sub.add_parser("card", help="measure a backbone's zero-shot and CoOp tables")
-    c.add_argument("--backbone", default="toyclip")
-    c.add_argument("--data-root", default="data/toyworld")
-    c.add_argument("--out", default="runs/card")
-    c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    c.add_argument("--backbone", default="toyclip",
+                   help='toyclip, NAME:TAG (open_clip) or a weight file')
+    c.add_argument("--data-root", default="data/toyworld",
+                   help='the ToyWorld suite')
+    c.add_argument("--out", default="runs/card",
+                   help="folder for the card's runs and tables")
+    c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                   help="CoOp's seeds")
     c.add_argument("--epochs", type=int, default=50, help="CoOp's training epochs")
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--device", default="cpu",
+                   help='cpu | cuda')
+    c.add_argument("--quiet", action="store_true",
+                   help='no progress bars')
     c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
                    "weights: also write assets/toyclip/MODEL_CARD.md with its provenance")
     c.add_argument("--update-card", action="store_true",
@@ -326,34 +376,52 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_toyworld_card)
 
     cp = sub.add_parser("compare", help="methods x datasets x seeds under one protocol")
-    cp.add_argument("--methods", nargs="+", default=["zeroshot", "coop"])
-    cp.add_argument("--datasets", nargs="+", default=["toy_fine"])
-    cp.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    cp.add_argument("--methods", nargs="+", default=["zeroshot", "coop"],
+                    help="methods, or variants such as 'sep[ensemble=false]' (own row each)")
+    cp.add_argument("--datasets", nargs="+", default=["toy_fine"],
+                    help='datasets under --data-root (names, card folders or paths)')
+    cp.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                    help='one run per seed; the table gives mean ± std')
     cp.add_argument("--protocol", default="base2new",
-                    choices=["base2new", "fewshot", "crossdataset", "dg"])
-    cp.add_argument("--shots", type=int, nargs="+", default=[16])
+                    choices=["base2new", "fewshot", "crossdataset", "dg"],
+                    help="crossdataset and dg train once on --source and test elsewhere")
+    cp.add_argument("--shots", type=int, nargs="+", default=[16],
+                    help='one table per shot count')
     cp.add_argument("--source", help="crossdataset / dg: the dataset to train on")
-    cp.add_argument("--backbone", default="toyclip")
-    cp.add_argument("--data-root", default="data/toyworld")
-    cp.add_argument("--out", default="runs/compare")
-    cp.add_argument("--epochs", type=int)
+    cp.add_argument("--backbone", default="toyclip",
+                    help='toyclip, NAME:TAG (open_clip) or a weight file')
+    cp.add_argument("--data-root", default="data/toyworld",
+                    help='folder holding the datasets')
+    cp.add_argument("--out", default="runs/compare",
+                    help='study folder: table.json, table.csv, report.html and runs/ '
+                         '(finished runs are reused)')
+    cp.add_argument("--epochs", type=int,
+                    help="every method's epochs (default: each method's own schedule)")
     cp.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
-    cp.add_argument("--device", default="cpu")
-    cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
-    cp.add_argument("--quiet", action="store_true")
+    cp.add_argument("--device", default="cpu",
+                    help='cpu | cuda')
+    cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                    help="a method's option, e.g. --set coop.n_ctx=8 (repeatable)")
+    cp.add_argument("--quiet", action="store_true",
+                    help='no progress bars')
     add_cache_flags(cp)
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", help="zero-shot vs CoOp, TextRefiner and SEP on ToyWorld, "
                         "with an HTML report")
-    dm.add_argument("--out", default="runs/demo")
-    dm.add_argument("--data-root", default="data/toyworld")
-    dm.add_argument("--backbone", default="toyclip")
+    dm.add_argument("--out", default="runs/demo",
+                    help='folder for the runs and report.html')
+    dm.add_argument("--data-root", default="data/toyworld",
+                    help='the ToyWorld suite (built there if missing)')
+    dm.add_argument("--backbone", default="toyclip",
+                    help='toyclip, NAME:TAG (open_clip) or a weight file')
     dm.add_argument("--datasets", nargs="+", default=None,
                     help="ToyWorld datasets (or any datasets under --data-root; default "
                          "toy_paints toy_fine)")
-    dm.add_argument("--device", default="cpu")
-    dm.add_argument("--quiet", action="store_true")
+    dm.add_argument("--device", default="cpu",
+                    help='cpu | cuda')
+    dm.add_argument("--quiet", action="store_true",
+                    help='no progress bars')
     dm.set_defaults(func=cmd_demo)
 
     ca = sub.add_parser("cache", help="list or clear the on-disk cache of image features")
@@ -377,13 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--classes", type=int, default=100, help="number of classes")
     bn.add_argument("--epochs", type=int,
                     help="schedule the cache cost is amortised over (default: each method's)")
-    bn.add_argument("--cache-views", type=int, default=10)
+    bn.add_argument("--cache-views", type=int, default=10,
+                    help="augmented views per training image in the cached path's cost")
     bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
     bn.add_argument("--peak-tflops", type=float,
                     help="the GPU's dense bf16 peak (default: looked up from its name)")
-    bn.add_argument("--seed", type=int, default=0)
-    bn.add_argument("--out", default="runs/bench/bench.json")
-    bn.add_argument("--quiet", action="store_true")
+    bn.add_argument("--seed", type=int, default=0,
+                    help='seed of the synthetic inputs')
+    bn.add_argument("--out", default="runs/bench/bench.json",
+                    help='JSON file for the measurements')
+    bn.add_argument("--quiet", action="store_true",
+                    help='no progress output')
     bn.set_defaults(func=cmd_bench)
     return p
 

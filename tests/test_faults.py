@@ -489,3 +489,30 @@ def test_datasets_on_an_empty_root_names_it_and_how_to_fill_it(tmp_path, capsys)
     out = capsys.readouterr().out
     assert f"No datasets found under {tmp_path}" in out
     assert f"promptviz toyworld build --out {tmp_path}" in out
+
+
+def test_every_flag_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from promptviz.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from commands(sub)
+        yield parser
+
+    missing, shown = [], 0
+    for parser in commands(build_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS and \
+                    "-h" not in action.option_strings:
+                if not action.help:
+                    missing.append(f"{parser.prog} {action.option_strings[0]}")
+        text = parser.format_help()
+        shown += text.count("(default: ")
+    assert missing == []
+    assert "(default: 16)" in build_parser()._subparsers._group_actions[0].choices[
+        "train"].format_help()
+    assert shown > 30

@@ -590,6 +590,9 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
             "base2new's novel classes; drop --set class_specific=true or use --protocol fewshot")
     if not overwrite:
         check_owner(out, cfg, request, ds.name)
+    if (out / RESULTS).is_file():                    # say so: the earlier result goes now
+        print(f"note: {out} already holds a finished run; training again replaces it "
+              "(give another --out to keep both)")
     created = make_folder(out)
     (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
     t0 = time.perf_counter()

@@ -516,3 +516,16 @@ def test_every_flag_of_every_command_says_what_it_does_and_its_default():
     assert "(default: 16)" in build_parser()._subparsers._group_actions[0].choices[
         "train"].format_help()
     assert shown > 30
+
+
+def test_training_into_a_finished_run_says_it_replaces_it(tiny_root, tmp_path, capsys):
+    from promptviz.cli import main
+    out = tmp_path / "zs"
+    argv = ["train", "--method", "zeroshot", "--backbone", "pv-tiny", "--dataset", "dtd",
+            "--data-root", str(tiny_root), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "already holds a finished run" not in capsys.readouterr().out
+    assert main(argv) == 0
+    assert f"note: {out} already holds a finished run; training again replaces it" in \
+        capsys.readouterr().out
+    assert (out / "results.json").is_file()

@@ -168,6 +168,14 @@ def cmd_cache(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+
+
+def add_quiet_flag(p: argparse.ArgumentParser, what: str = "progress bars") -> None:
+    p.add_argument("--quiet", action="store_true", help=f"no {what}")
+
+
 def add_cache_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-feature-cache", action="store_true",
                    help="encode every training batch through the frozen image tower "
@@ -230,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CoOp folder name (dtd, oxford_pets, …), a card folder or a folder path")
     t.add_argument("--data-root", default="data", help="folder holding the datasets")
     t.add_argument("--protocol", default="base2new", choices=["base2new", "fewshot"],
-                   help='base2new: train on the base half of the classes, test on '
-                        'both halves; fewshot: all classes')
+                   help="base2new: train on the base half of the classes, test on "
+                        "both halves; fewshot: all classes")
     t.add_argument("--shots", type=int, default=16,
-                   help='training images per class')
+                   help="training images per class")
     t.add_argument("--seed", type=int, default=1,
-                   help='seed of the shot sampling, the initialisation and the batch order')
+                   help="seed of the shot sampling, the initialisation and the batch order")
     t.add_argument("--out", required=True, help="output folder (results.json + checkpoint)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace another run (other settings) found in --out; without it "
@@ -253,15 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "method's; best_val for textrefiner, as its authors' config)")
     t.add_argument("--eval-batch-size", type=int,
                    help="test batch (default: the method's; SEP's faithful mode depends on it)")
-    t.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device_flag(t)
     t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on a GPU that has it, else fp32; fp16 adds a "
                         "gradient scaler; weights stay fp32")
     t.add_argument("--num-workers", type=int, default=0,
-                   help='data-loading worker processes')
+                   help="data-loading worker processes")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(t)
     add_cache_flags(t)
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="CoOp's random-resized-crop + flip on training images (default: the "
@@ -272,32 +280,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint folder")
     e.add_argument("--checkpoint", required=True,
-                   help='a `promptviz train --out` folder')
+                   help="a `promptviz train --out` folder")
     e.add_argument("--dataset", help="default: the checkpoint's own dataset, as given to train")
     e.add_argument("--data-root", help="default: the data root the checkpoint was trained from "
                    "(with --dataset: data)")
     e.add_argument("--protocol", choices=["base2new", "fewshot"],
                    help="default: the checkpoint's")
     e.add_argument("--backbone", help="must match the checkpoint's backbone")
-    e.add_argument("--device", default="cpu",
-                   help='cpu | cuda')
+    add_device_flag(e)
     e.add_argument("--json", action="store_true",
-                   help='also print the full results as JSON')
-    e.add_argument("--quiet", action="store_true",
-                   help='no progress bars')
+                   help="also print the full results as JSON")
+    add_quiet_flag(e)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("datasets", help="list the datasets found under a data root")
     d.add_argument("--data-root", default="data",
-                   help='folder to scan')
+                   help="folder to scan")
     d.set_defaults(func=cmd_datasets)
 
     pt = sub.add_parser("pretrain", help="pretrain toyclip contrastively on the ToyWorld stream")
     pt.add_argument("--out", default="runs/pretrain",
-                    help='run folder; run the same command again to resume')
+                    help="run folder; run the same command again to resume")
     pt.add_argument("--model", default="toyclip", help="open_clip config name")
     pt.add_argument("--steps", type=int, default=2500,
-                    help='contrastive training steps')
+                    help="contrastive training steps")
     pt.add_argument("--warm-steps", type=int, default=1500,
                     help="supervised warm start of the image tower (0 = none)")
     pt.add_argument("--warm-from", default="", metavar="RUN",
@@ -320,19 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of attribute heads on the image embedding during the "
                          "contrastive run (keeps what the warm start taught; 0 = off)")
     pt.add_argument("--batch-size", type=int, default=128,
-                    help='scenes (image-caption pairs) per step')
+                    help="scenes (image-caption pairs) per step")
     pt.add_argument("--lr", type=float, default=1e-3,
-                    help='peak learning rate')
+                    help="peak learning rate")
     pt.add_argument("--warmup", type=int, default=100,
-                    help='linear warm-up steps')
+                    help="linear warm-up steps")
     pt.add_argument("--seed", type=int, default=0,
-                    help='seed of the ToyWorld stream and of the initialisation')
-    pt.add_argument("--device", default="cpu",
-                    help='cpu | cuda')
+                    help="seed of the ToyWorld stream and of the initialisation")
+    add_device_flag(pt)
     pt.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: torch's default)")
-    pt.add_argument("--quiet", action="store_true",
-                    help='no progress bar')
+    add_quiet_flag(pt, "progress bar")
     pt.set_defaults(func=cmd_pretrain)
 
     tw = sub.add_parser("toyworld", help="the generated ToyWorld datasets")
@@ -340,32 +344,30 @@ def build_parser() -> argparse.ArgumentParser:
     tw_sub.add_parser = functools.partial(tw_sub.add_parser, formatter_class=_HelpWithDefaults)
     b = tw_sub.add_parser("build", help="write the ToyWorld suite in CoOp's layout")
     b.add_argument("--out", default="data/toyworld",
-                   help='folder to write the datasets into')
+                   help="folder to write the datasets into")
     b.add_argument("--seed", type=int, default=0,
                    help="the suite's seed: the same seed draws the same images")
     b.add_argument("--image-size", type=int, default=64,
-                   help='pixels per side (a multiple of 8, 16 to 512)')
+                   help="pixels per side (a multiple of 8, 16 to 512)")
     b.add_argument("--n-train", type=int, default=24, help="training images per class")
     b.add_argument("--n-val", type=int, default=8,
-                   help='validation images per class')
+                   help="validation images per class")
     b.add_argument("--n-test", type=int, default=30,
-                   help='test images per class')
+                   help="test images per class")
     b.add_argument("--datasets", nargs="*", help="subset of dataset folders (default: all)")
     b.set_defaults(func=cmd_toyworld_build)
     c = tw_sub.add_parser("card", help="measure a backbone's zero-shot and CoOp tables")
     c.add_argument("--backbone", default="toyclip",
-                   help='toyclip, NAME:TAG (open_clip) or a weight file')
+                   help="toyclip, NAME:TAG (open_clip) or a weight file")
     c.add_argument("--data-root", default="data/toyworld",
-                   help='the ToyWorld suite')
+                   help="the ToyWorld suite")
     c.add_argument("--out", default="runs/card",
                    help="folder for the card's runs and tables")
     c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                    help="CoOp's seeds")
     c.add_argument("--epochs", type=int, default=50, help="CoOp's training epochs")
-    c.add_argument("--device", default="cpu",
-                   help='cpu | cuda')
-    c.add_argument("--quiet", action="store_true",
-                   help='no progress bars')
+    add_device_flag(c)
+    add_quiet_flag(c)
     c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
                    "weights: also write assets/toyclip/MODEL_CARD.md with its provenance")
     c.add_argument("--update-card", action="store_true",
@@ -379,49 +381,45 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--methods", nargs="+", default=["zeroshot", "coop"],
                     help="methods, or variants such as 'sep[ensemble=false]' (own row each)")
     cp.add_argument("--datasets", nargs="+", default=["toy_fine"],
-                    help='datasets under --data-root (names, card folders or paths)')
+                    help="datasets under --data-root (names, card folders or paths)")
     cp.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                    help='one run per seed; the table gives mean ± std')
+                    help="one run per seed; the table gives mean ± std")
     cp.add_argument("--protocol", default="base2new",
                     choices=["base2new", "fewshot", "crossdataset", "dg"],
                     help="crossdataset and dg train once on --source and test elsewhere")
     cp.add_argument("--shots", type=int, nargs="+", default=[16],
-                    help='one table per shot count')
+                    help="one table per shot count")
     cp.add_argument("--source", help="crossdataset / dg: the dataset to train on")
     cp.add_argument("--backbone", default="toyclip",
-                    help='toyclip, NAME:TAG (open_clip) or a weight file')
+                    help="toyclip, NAME:TAG (open_clip) or a weight file")
     cp.add_argument("--data-root", default="data/toyworld",
-                    help='folder holding the datasets')
+                    help="folder holding the datasets")
     cp.add_argument("--out", default="runs/compare",
-                    help='study folder: table.json, table.csv, report.html and runs/ '
-                         '(finished runs are reused)')
+                    help="study folder: table.json, table.csv, report.html and runs/ "
+                         "(finished runs are reused)")
     cp.add_argument("--epochs", type=int,
                     help="every method's epochs (default: each method's own schedule)")
     cp.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
-    cp.add_argument("--device", default="cpu",
-                    help='cpu | cuda')
+    add_device_flag(cp)
     cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="a method's option, e.g. --set coop.n_ctx=8 (repeatable)")
-    cp.add_argument("--quiet", action="store_true",
-                    help='no progress bars')
+    add_quiet_flag(cp)
     add_cache_flags(cp)
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", help="zero-shot vs CoOp, TextRefiner and SEP on ToyWorld, "
                         "with an HTML report")
     dm.add_argument("--out", default="runs/demo",
-                    help='folder for the runs and report.html')
+                    help="folder for the runs and report.html")
     dm.add_argument("--data-root", default="data/toyworld",
-                    help='the ToyWorld suite (built there if missing)')
+                    help="the ToyWorld suite (built there if missing)")
     dm.add_argument("--backbone", default="toyclip",
-                    help='toyclip, NAME:TAG (open_clip) or a weight file')
+                    help="toyclip, NAME:TAG (open_clip) or a weight file")
     dm.add_argument("--datasets", nargs="+", default=None,
                     help="ToyWorld datasets (or any datasets under --data-root; default "
                          "toy_paints toy_fine)")
-    dm.add_argument("--device", default="cpu",
-                    help='cpu | cuda')
-    dm.add_argument("--quiet", action="store_true",
-                    help='no progress bars')
+    add_device_flag(dm)
+    add_quiet_flag(dm)
     dm.set_defaults(func=cmd_demo)
 
     ca = sub.add_parser("cache", help="list or clear the on-disk cache of image features")
@@ -434,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per method, on synthetic inputs")
     bn.add_argument("--backbone", default="toyclip",
                     help="toyclip, or e.g. ViT-B-16 (random weights: same shapes and cost)")
-    bn.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device_flag(bn)
     bn.add_argument("--methods", nargs="+",
                     help="default: zeroshot coop kgcoop cocoop textrefiner sep")
     bn.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
@@ -451,11 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--peak-tflops", type=float,
                     help="the GPU's dense bf16 peak (default: looked up from its name)")
     bn.add_argument("--seed", type=int, default=0,
-                    help='seed of the synthetic inputs')
+                    help="seed of the synthetic inputs")
     bn.add_argument("--out", default="runs/bench/bench.json",
-                    help='JSON file for the measurements')
-    bn.add_argument("--quiet", action="store_true",
-                    help='no progress output')
+                    help="JSON file for the measurements")
+    add_quiet_flag(bn, "progress output")
     bn.set_defaults(func=cmd_bench)
     return p
 

@@ -10,7 +10,7 @@ OPEN_CLIP_FLOOR := 3.1.0
 FLOOR       := $(VENV)/floor
 FLOOR_STAMP := $(FLOOR)/.open_clip-$(OPEN_CLIP_FLOOR)-stamp
 
-.PHONY: install test test-floor test-browser lint demo notebooks clean
+.PHONY: install test test-floor test-browser lint demo notebooks student clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ lint: $(STAMP)
 
 # tests/ on CPU (tests/browser included: it needs Chromium, which it apt-get installs as
 # root; elsewhere `make test PYTEST_ARGS='-m "not browser"'` leaves it out), then every
-# notebook re-executed and compared by nbval (lax mode: the cells marked
-# NBVAL_CHECK_OUTPUT must print what the committed notebook shows).
+# notebook re-executed and compared by nbval (lax mode: the cells tagged
+# nbval-check-output must print what the committed notebook shows).
 PYTEST_ARGS ?=
 test: $(STAMP) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" PROMPTVIZ_PROGRESS=0 $(BIN)/python -m pytest -q \
@@ -61,6 +61,15 @@ notebooks: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/promptviz demo
+
+# Your own copies of the notebooks in student/ (not tracked by git): run and edit them
+# there, and notebooks/ stays as committed. Copies you already have are never replaced;
+# student/studies links to the shipped studies, so every relative path still holds.
+student:
+	@mkdir -p student
+	@for nb in notebooks/*.ipynb; do test -e student/$${nb#notebooks/} || cp $$nb student/; done
+	@ln -sfn ../notebooks/studies student/studies
+	@echo "student/ holds your copies: cd student && ../$(BIN)/jupyter lab"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -59,7 +59,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def _summary(res: dict) -> str:
     head = f"{res['method']} on {res['dataset']} ({res['protocol']}, seed {res['seed']}): "
     if "hm" in res:
-        line = head + f"base {res['base_acc']:.2f}  new {res['new_acc']:.2f}  HM {res['hm']:.2f}"
+        line = head + f"base {res['base_acc']:.2f}  novel {res['new_acc']:.2f}  HM {res['hm']:.2f}"
     else:
         line = head + f"acc {res['acc']:.2f}"
     if res.get("epochs"):       # a trained run: which epoch's model, and the test batch

@@ -42,7 +42,14 @@ from promptviz.featcache import weights_fingerprint
 from promptviz.methods import METHODS, build_method, method_class
 from promptviz.methods.base import parse_options
 from promptviz.progress import progress_bar
-from promptviz.train import RESULTS, TrainConfig, check_device, run, run_eval, run_key
+from promptviz.train import (
+    RESULTS,
+    TrainConfig,
+    check_device,
+    finished_run,
+    run,
+    run_eval,
+)
 from promptviz.viz import Report, accuracy_bars, results_table_html
 
 PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg")
@@ -236,16 +243,15 @@ def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
         folder = (out / "runs" / _method_slug(method) / _slug(dataset) / f"shots{shots}"
                   / f"seed{seed}")
         train_cfg = _train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder)
-        res = _finished(folder / RESULTS, "running that run again")
-        if res is not None:
+        res = None
+        if (folder / RESULTS).is_file():
             if weights is None:
                 weights = weights_fingerprint(load_clip(cfg.backbone, cfg.device).model)
-            if res.get("run_key") != run_key(train_cfg, weights):   # other weights or settings
-                res = None
-                for stale in folder.glob("transfer_*.json"):
-                    stale.unlink()
-        if res is None:                  # the study's own folder: a stale run is replaced
-            res = run(train_cfg, overwrite=True)
+            res = finished_run(train_cfg, weights)
+        if res is None:                  # none, or other weights or settings: (re)run it
+            for stale in folder.glob("transfer_*.json"):
+                stale.unlink()
+            res = run(train_cfg, overwrite=True)   # the study's own folder
         res = {**res, "method": method}  # the study's entry: a variant is its own row
         if cfg.protocol in {"base2new", "fewshot"}:
             rows.append(res)

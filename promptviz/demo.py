@@ -21,9 +21,16 @@ import torch
 
 from promptviz.backbone import load_clip
 from promptviz.data import load_dataset
+from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, format_pm
-from promptviz.train import TrainConfig, check_device, load_method, run
-from promptviz.viz import Report, accuracy_bars, read_weights_heatmap, results_table_html
+from promptviz.train import TrainConfig, check_device, finished_run, load_method, run
+from promptviz.viz import (
+    Report,
+    accuracy_bars,
+    learning_curves,
+    read_weights_heatmap,
+    results_table_html,
+)
 from promptviz.viz.sep import selected_for_image, selection_map
 
 TOYWORLD_ROOT = "data/toyworld"
@@ -64,32 +71,55 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _test_images(method, cfg: DemoConfig, dataset: str, n: int) -> torch.Tensor:
-    """``n`` test images spread over the classes, preprocessed for ``method``'s backbone."""
+def _test_images(method, cfg: DemoConfig, dataset: str, n: int
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """``n`` test images spread over the classes, preprocessed for ``method``'s backbone,
+    and their class names."""
     from promptviz.data import ImageDataset, clip_transform, load_dataset
     clip = method.backbone
     ds = load_dataset(dataset, cfg.data_root)
-    data = ImageDataset(ds.test[:: max(1, len(ds.test) // n)][:n],
-                        clip_transform(clip.image_size, clip.mean, clip.std))
-    return torch.stack([data[i][0] for i in range(len(data))])
+    picked = ds.test[:: max(1, len(ds.test) // n)][:n]
+    data = ImageDataset(picked, clip_transform(clip.image_size, clip.mean, clip.std))
+    names = [s.classname for s in picked]
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    return images.to(next(method.parameters()).device), names
 
 
 def _textrefiner_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
+    from promptviz.widgets import textrefiner_explorer
     report.paragraph("Each base class reads the cache of local visual concepts with a "
-                     "softmax over its slots; the refined class embedding adds what it read.")
-    report.figure(read_weights_heatmap(method.read_weights(), method.classnames),
+                     "softmax over its slots; the refined class embedding adds what it read. "
+                     "White is the uniform read 1/M, red above it, blue below.")
+    w = method.read_weights()
+    report.figure(read_weights_heatmap(w, method.classnames, zmid=1.0 / w.shape[1]),
                   f"pv-demo-textrefiner-reads-{dataset}")
+    images, names = _test_images(method, cfg, dataset, 8)
+    report.paragraph("Explore the cache: pick a test image, a slot and a class (the image's "
+                     "CLS attention with the top-k patches, its patches written to the "
+                     "slot, the slot's gallery, the class's read weights).")
+    clip = method.backbone
+    report.explorer(textrefiner_explorer(images.cpu(), method.local_tokens(images),
+                                         method.read_weights(), method.classnames,
+                                         image_labels=names, mean=clip.mean, std=clip.std))
 
 
 def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
-    images = _test_images(method, cfg, dataset, 8).to(next(method.parameters()).device)
+    from promptviz.viz.sep import prompt_tokens
+    from promptviz.widgets import sep_explorer
+    images, names = _test_images(method, cfg, dataset, 8)
     record = method.selection_record(images)
-    report.paragraph("The visual tokens SEP keeps at each rebuilt layer of the image tower "
-                     "(outlined), over the first test image.")
-    image = images[0].cpu().numpy() * np.array(method.backbone.std)[:, None, None] \
-        + np.array(method.backbone.mean)[:, None, None]            # back to [0, 1] for display
+    report.paragraph("The visual tokens SEP keeps before each rebuilt block of the image "
+                     "tower (outlined), over the first test image.")
+    clip = method.backbone
+    image = images[0].cpu().numpy() * np.array(clip.std)[:, None, None] \
+        + np.array(clip.mean)[:, None, None]                       # back to [0, 1] for display
     report.figure(selection_map(image, selected_for_image(record, 0), record["grid"]),
                   f"pv-demo-sep-selection-{dataset}")
+    report.paragraph("Explore the selection: a block slider and an image picker.")
+    tokens = {c: prompt_tokens(clip, clip.tokenize([f"{method.prompt.placeholder} {c}."])[0])
+              for c in dict.fromkeys(names)}      # the prompt of each image's class
+    report.explorer(sep_explorer(images.cpu(), record, image_labels=names, text_tokens=tokens,
+                                 mean=clip.mean, std=clip.std))
 
 
 FIGURES = {"textrefiner": _textrefiner_figure, "sep": _sep_figure}
@@ -106,16 +136,36 @@ ABOUT = {
 }
 
 
+def _header(i: int, n: int, dataset: str, method: str, epochs: int) -> str:
+    what = "no training" if method == "zeroshot" else f"{epochs} epochs"
+    return f"[{i}/{n}] {dataset} · {LABELS.get(method, method)} · {what}"
+
+
 def run_demo(cfg: DemoConfig) -> Path:
+    """Build the suite, run (or reuse) every (dataset, method) run, write the report.
+
+    A run whose folder already holds results under the same run key (same settings,
+    backbone weights and training code, :func:`~promptviz.train.finished_run`) is reused,
+    so a second ``make demo`` only rewrites the report."""
+    from promptviz.featcache import weights_fingerprint
     from promptviz.toyworld.suite import build_suite
 
     t0 = time.perf_counter()
     for method in cfg.methods:                  # every mistake before the first run trains
         TrainConfig(method=method, shots=cfg.shots, epochs=cfg.epochs).resolved().validate()
-    load_clip(cfg.backbone, check_device(cfg.device))
-    build_suite(cfg.data_root)
+    clip = load_clip(cfg.backbone, check_device(cfg.device))
+    weights = weights_fingerprint(clip.model)
+    missing = []                       # build only what the demo reads and is not there
     for dataset in cfg.datasets:
-        load_dataset(dataset, cfg.data_root)
+        try:
+            load_dataset(dataset, cfg.data_root)
+        except PromptvizError:
+            missing.append(dataset)
+    if missing:
+        print(f"building ToyWorld {', '.join(missing)} under {cfg.data_root}", flush=True)
+        build_suite(cfg.data_root, datasets=missing)
+        for dataset in missing:
+            load_dataset(dataset, cfg.data_root)
     report = Report("promptviz demo: prompt tuning on ToyWorld")
     report.paragraph(
         f"Backbone {cfg.backbone}; base-to-novel: train on the first half of the classes "
@@ -123,18 +173,28 @@ def run_demo(cfg: DemoConfig) -> Path:
         f"{cfg.epochs} epochs"
         + "".join(f", {d}: {e}" for d, e in cfg.epochs_by_dataset.items() if d in cfg.datasets)
         + ".")
+    n, i, reused = len(cfg.datasets) * len(cfg.methods), 0, 0
     for dataset in cfg.datasets:
         epochs = cfg.epochs_by_dataset.get(dataset, cfg.epochs)
-        rows = []
+        rows, histories = [], {}
         for method in cfg.methods:
-            res = run(TrainConfig(
+            i += 1
+            print(_header(i, n, dataset, method, epochs), flush=True)
+            train_cfg = TrainConfig(
                 method=method, backbone=cfg.backbone, dataset=dataset, data_root=cfg.data_root,
                 protocol="base2new", shots=cfg.shots, seed=cfg.seed,
                 epochs=None if method == "zeroshot" else epochs, device=cfg.device,
-                out=str(Path(cfg.out) / dataset / method), progress=cfg.progress),
-                overwrite=True)             # the demo's own folders: a rerun replaces them
+                out=str(Path(cfg.out) / dataset / method), progress=cfg.progress)
+            res = finished_run(train_cfg, weights)
+            if res is not None:
+                reused += 1
+                print(f"  reusing the finished run in {train_cfg.out} (same settings and "
+                      "weights; delete the folder to train it again)", flush=True)
+            else:                       # the demo's own folder: a stale run is replaced
+                res = run(train_cfg, overwrite=True)
             rows.append({"label": LABELS.get(method, method), **res})
-        print(f"\n{dataset}\n{format_table(rows)}")
+            histories[LABELS.get(method, method)] = res.get("history", [])
+        print(f"\n{dataset}\n{format_table(rows)}\n", flush=True)
         report.heading(dataset)
         if dataset in ABOUT:
             report.paragraph(ABOUT[dataset])
@@ -143,12 +203,20 @@ def run_demo(cfg: DemoConfig) -> Path:
         report.figure(accuracy_bars(rows, label="label",
                                     title=f"{dataset}: base / novel / HM"),
                       f"pv-demo-bars-{dataset}")
+        if any(histories.values()):
+            report.figure(learning_curves(histories, title=f"{dataset}: learning curves "
+                                          "(per epoch, from each run's results.json)"),
+                          f"pv-demo-curves-{dataset}")
         for method in cfg.methods:
             if method in FIGURES:
                 report.heading(f"{LABELS[method]} on {dataset}", level=3)
                 trained = load_method(Path(cfg.out) / dataset / method, cfg.device)[0]
                 FIGURES[method](report, trained, cfg, dataset)
-    report.paragraph(f"Made by `make demo` in {time.perf_counter() - t0:.0f} s.", cls="note")
+    took = time.perf_counter() - t0
+    report.paragraph(f"Made by make demo in {took:.0f} s"
+                     + (f" ({reused} of {n} runs reused from an earlier demo)." if reused
+                        else "."), cls="note")
     path = report.write(Path(cfg.out) / "report.html")
-    print(f"wrote {path}")
+    print(f"wrote {path} in {took:.0f} s" + (f" ({reused} of {n} runs reused)" if reused
+                                              else ""))
     return path

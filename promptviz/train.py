@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,9 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
         start, history, best = _resume(resume, method, optim, scaler, gen, cfg, weights, best)
     if start == 0:
         method.prepare(DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+    # one bar over the epochs with the last epoch's loss and accuracy (read once an epoch)
+    epochs_bar = progress_bar(None, desc=f"{cfg.method} training", enabled=cfg.progress,
+                              total=cfg.epochs, initial=start, unit="epoch")
     for epoch in range(start, cfg.epochs):
         lr = lr_at(epoch, cfg)
         for group in optim.param_groups:
@@ -281,6 +285,11 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                 best = {"acc": acc, "epoch": epoch + 1,
                         "state": {k: v.clone() for k, v in method.trainable_state().items()}}
         history.append(logs)
+        epochs_bar.set_postfix({"loss": f"{logs['loss']:.3f}",
+                                "train acc": f"{logs['train_acc']:.1f}",
+                                **({"val acc": f"{logs['val_acc']:.1f}"} if "val_acc" in logs
+                                   else {})}, refresh=False)
+        epochs_bar.update(1)
         if resume is not None:
             atomic_torch_save({"epoch": epoch + 1, "history": history,
                                "config": _key(cfg, weights), "state": method.trainable_state(),
@@ -289,6 +298,7 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                                "generator": gen.get_state(),
                                "torch_rng": torch.get_rng_state(),       # augmentations
                                "python_rng": random.getstate()}, resume)
+    epochs_bar.close()
     if cfg.select == "best_val" and best["state"] is not None:
         method.load_trainable_state(best["state"])
     _check_outputs(method, data, views, cfg, precision)
@@ -493,6 +503,23 @@ def run_key(cfg: TrainConfig, weights: str) -> str:
     facts["weights"] = weights
     facts["training_version"] = TRAINING_VERSION
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def finished_run(cfg: TrainConfig, weights: str) -> dict[str, Any] | None:
+    """The results in ``cfg.out`` when they were computed under the same :func:`run_key`
+    (same settings, backbone weights and training code), else ``None``; an unreadable
+    file is reported and treated as absent (the run is done again)."""
+    path = Path(cfg.out) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"note: {path} is unreadable; running that run again", file=sys.stderr)
+        return None
+    if isinstance(res, dict) and res.get("run_key") == run_key(cfg, weights):
+        return res
+    return None
 
 
 # ... and those that do not make it another run (a rerun may load from elsewhere)

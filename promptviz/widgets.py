@@ -10,12 +10,20 @@ widget package and can be built and driven headless (as the tests do)::
     ex = textrefiner_explorer(images, m.local_tokens(x), m.read_weights(), m.classnames)
     ex                                   # in a notebook cell: shows it
     ex.controls["slot"].value = 3        # what the dropdown does
+    ex.save_html("runs/explorer.html")   # the same explorer, no kernel needed
+
+Without a kernel: :meth:`Explorer.to_html` renders every state up front
+(:mod:`promptviz.viz.static_explorer`) into one self-contained HTML fragment with
+working controls. A notebook saves it beside the live widget (``text/html`` in the same
+output), so a statically rendered notebook (nbconvert, nbviewer, Colab before running)
+still shows an explorer that responds; a live JupyterLab shows the widget.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
@@ -23,6 +31,7 @@ import plotly.graph_objects as go
 
 from promptviz.viz.embeddings import as_numpy
 from promptviz.viz.patches import to_uint8_image
+from promptviz.viz.report import Report
 from promptviz.viz.sep import (
     fusion_scalars,
     record_scalars,
@@ -31,6 +40,7 @@ from promptviz.viz.sep import (
     text_selection,
     tfm_attention,
 )
+from promptviz.viz.static_explorer import Control, explorer_html
 from promptviz.viz.textrefiner import (
     cache_gallery,
     class_reads_figure,
@@ -54,7 +64,8 @@ class Explorer(widgets.VBox):
     """Controls above figures. ``views[name] = (control names, render(values) -> Figure)``."""
 
     def __init__(self, controls: Mapping[str, widgets.ValueWidget],
-                 views: Mapping[str, View]) -> None:
+                 views: Mapping[str, View], static_keep: Mapping[str, int] | None = None
+                 ) -> None:
         outputs = {name: widgets.Output() for name in views}
         super().__init__(children=[
             widgets.HBox(list(controls.values())),
@@ -63,9 +74,57 @@ class Explorer(widgets.VBox):
         self.views = dict(views)
         self.outputs = outputs
         self.figures: dict[str, go.Figure] = {}
+        # without a kernel every state is drawn in advance: keep the first n options of
+        # these controls there (the explorers order them most telling first)
+        self.static_keep = dict(static_keep or {})
         for name, control in self.controls.items():
             control.observe(lambda change, name=name: self.refresh(name), names="value")
         self.refresh()
+
+    def static_controls(self, keep: Mapping[str, int] | None = None) -> list[Control]:
+        """The controls as plain data with the values each can take (for :meth:`to_html`);
+        ``keep[name] = n`` keeps a dropdown's first ``n`` options."""
+        keep = self.static_keep if keep is None else keep
+        out = []
+        for name, c in self.controls.items():
+            if isinstance(c, widgets.IntSlider):
+                out.append(Control(name, "slider",
+                                   [(str(v), v) for v in range(c.min, c.max + 1, c.step)],
+                                   c.value))
+            elif isinstance(c, widgets.Dropdown):
+                opts = c.options.items() if isinstance(c.options, Mapping) else c.options
+                pairs = [o if isinstance(o, tuple) else (str(o), o) for o in opts]
+                pairs = pairs[:keep.get(name, len(pairs))]
+                value = c.value if c.value in [v for _, v in pairs] else pairs[0][1]
+                out.append(Control(name, "dropdown", pairs, value))
+            else:
+                raise TypeError(f"control {name!r}: only Dropdown and IntSlider can be "
+                                f"exported without a kernel, not {type(c).__name__}")
+        return out
+
+    def to_html(self, include_plotlyjs: bool = True, keep: Mapping[str, int] | None = None,
+                max_states: int = 600) -> str:
+        """This explorer as one HTML fragment that works without a kernel: every state
+        drawn in advance (:mod:`promptviz.viz.static_explorer`), over the first
+        ``keep[name]`` options of the named dropdowns (default :attr:`static_keep`)."""
+        controls = self.static_controls(keep)
+        cut = [f"the first {len(c.options)} of {len(self.controls[c.name].options)} "
+               f"{c.name}s" for c in controls
+               if c.kind == "dropdown" and len(c.options) < len(self.controls[c.name].options)]
+        note = ("Drawn in advance, no kernel needed" + (f" ({', '.join(cut)})" if cut else "")
+                + "; run the notebook for the live explorer.")
+        return explorer_html(controls, self.views, note=note,
+                             include_plotlyjs=include_plotlyjs, max_states=max_states)
+
+    def save_html(self, path: str | Path, title: str = "promptviz explorer") -> Path:
+        """Write :meth:`to_html` as a standalone page that opens offline."""
+        return Report(title).explorer(self).write(path)
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict:
+        # the live widget for a kernel, the precomputed explorer for everything else
+        bundle = super()._repr_mimebundle_(**kwargs)
+        bundle["text/html"] = self.to_html()
+        return bundle
 
     def values(self) -> dict:
         """The current value of every control, by name."""
@@ -85,9 +144,27 @@ def _images(images: object, mean: Sequence[float] | None, std: Sequence[float] |
     return [to_uint8_image(im, mean, std) for im in as_numpy(images)]
 
 
+def _dropdown(**kwargs: object) -> widgets.Dropdown:
+    """A dropdown as wide as its longest option (the default width cuts labels short)."""
+    return widgets.Dropdown(layout=widgets.Layout(width="auto"),
+                            style={"description_width": "initial"}, **kwargs)
+
+
 def _image_options(n: int, labels: Sequence[str] | None) -> list[tuple[str, int]]:
     return [(f"image {b}" + (f" ({labels[b]})" if labels is not None else ""), b)
             for b in range(n)]
+
+
+def _empty_slot(slot: int, n_images: int) -> go.Figure:
+    """Said, not drawn as a blank gallery: no token of these images is written to ``slot``."""
+    fig = go.Figure()
+    fig.add_annotation(text=f"slot {slot} is empty: no token of these {n_images} images "
+                            "is nearest to it", showarrow=False, font=dict(size=14),
+                       x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=f"slot {slot}: where it is written from", width=520, height=160,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      template="simple_white", margin=dict(l=10, r=10, t=50, b=10))
+    return fig
 
 
 def textrefiner_explorer(images: object, local: Mapping[str, object], read_weights: object,
@@ -115,11 +192,11 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
         return f"slot {j} ({usage[j]} tokens){words}"
 
     controls = {
-        "image": widgets.Dropdown(options=_image_options(len(imgs), image_labels), value=0,
+        "image": _dropdown(options=_image_options(len(imgs), image_labels), value=0,
                                   description="image"),
-        "slot": widgets.Dropdown(options=[(slot_label(j), j) for j in order], value=order[0],
+        "slot": _dropdown(options=[(slot_label(j), j) for j in order], value=order[0],
                                  description="slot"),
-        "class": widgets.Dropdown(options=[(str(c).replace("_", " "), i)
+        "class": _dropdown(options=[(str(c).replace("_", " "), i)
                                            for i, c in enumerate(classnames)], value=0,
                                   description="class"),
     }
@@ -133,22 +210,26 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
             w, classnames, v["class"], highlight_slot=v["slot"])),
         "slot": (("slot",), lambda v: cache_gallery(
             np.stack(imgs), slots, w, classnames, slot_words, per_slot=per_slot,
-            slots_to_show=[v["slot"]], title=f"slot {v['slot']}: where it is written from")),
+            slots_to_show=[v["slot"]], title=f"slot {v['slot']}: where it is written from")
+            if usage[v["slot"]] else _empty_slot(v["slot"], len(imgs))),
     }
-    return Explorer(controls, views)
+    return Explorer(controls, views, static_keep={"image": 8, "slot": 8})
 
 
 def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | None = None,
-                 text_tokens: Sequence[str] | None = None,
+                 text_tokens: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
                  mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> Explorer:
-    """Explore SEP's selection: a layer slider and an image dropdown.
+    """Explore SEP's selection: a block slider and an image dropdown.
 
     ``record`` is ``sep.selection_record(x)`` for the batch ``images``. Figures: the
-    tokens selected in that image before that layer (over their scores), the TFM
-    attention there, the fusion gates with the layer marked, and — given the
-    prompt's ``text_tokens`` (see :func:`~promptviz.viz.sep.prompt_tokens`) — the
-    text positions selected before that layer.
+    tokens selected in that image before that block (over their energy, numbered in
+    selection order), the TFM attention there (per sample: prompt slot → those numbered
+    tokens), the fusion gates with the block marked, and — given the prompt's
+    ``text_tokens`` (see :func:`~promptviz.viz.sep.prompt_tokens`; a mapping from class
+    name to tokens shows the prompt of the picked image's class, its key in
+    ``image_labels``) — the text positions selected before that block, with the learned
+    context positions (the ``x`` placeholders) in blue.
     """
     imgs = _images(images, mean, std)
     layers = sorted(int(v) for v in record["vision"])
@@ -158,18 +239,21 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
     # attention across the batch ([K, B, B] per slot) or within each image ([B, K, K])
     faithful = record.get("attention_over", "batch" if record.get("mode", "faithful") ==
                           "faithful" else "sample") == "batch"
+    per_class = isinstance(text_tokens, Mapping)
+    if per_class and image_labels is None:
+        raise ValueError("text_tokens by class name needs image_labels (each image's class)")
 
     def layer_of(v: dict) -> int:
-        """The slider may sit between rebuilt layers: use the last one at or below it."""
-        return max([x for x in layers if x <= v["layer"]] or layers[:1])
+        """The slider may sit between rebuilt blocks: use the last one at or below it."""
+        return max([x for x in layers if x <= v["block"]] or layers[:1])
 
     def selection(v: dict) -> go.Figure:
         layer, b = layer_of(v), v["image"]
         sel = selected_for_image(record, b)[layer]
         scores = as_numpy(record["vision"][layer]["scores"])[b]
         return selection_map(imgs[b], {layer: sel}, grid, {layer: scores}, cell=300,
-                             title=f"image {b}, block {layer}: selected tokens<br>"
-                                   "<sub>colour: mean squared activation</sub>")
+                             numbered=not faithful,
+                             title=f"image {b}: tokens selected before block {layer}")
 
     def attention(v: dict) -> go.Figure:
         layer, b = layer_of(v), v["image"]
@@ -178,31 +262,38 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
             return tfm_attention(a, labels=[f"img {i}" for i in range(a.shape[-1])],
                                  title=f"TFM attention before block {layer}: "
                                        "per prompt slot, image → image")
-        return tfm_attention(a[b], labels=[f"p{k}" for k in range(a.shape[-1])],
-                             title=f"image {b}, block {layer}: prompt → selected token")
+        k = a.shape[-1]
+        return tfm_attention(a[b], labels=[f"prompt {j}" for j in range(k)],
+                             column_labels=[f"token {j}" for j in range(k)],
+                             title=f"image {b}, block {layer}:<br>prompt slot → selected "
+                                   "token")
 
     def gates(v: dict) -> go.Figure:
         text = record_scalars(record, "text") if record.get("text") else None
         return fusion_scalars(record_scalars(record, "vision"), text, current_layer=layer_of(v))
 
     controls = {
-        "layer": widgets.IntSlider(value=layers[0], min=layers[0], max=layers[-1],
-                                   description="layer"),
-        "image": widgets.Dropdown(options=_image_options(len(imgs), image_labels), value=0,
+        # redrawn when the handle is let go, not for every block passed while dragging
+        "block": widgets.IntSlider(value=layers[0], min=layers[0], max=layers[-1],
+                                   description="block", continuous_update=False),
+        "image": _dropdown(options=_image_options(len(imgs), image_labels), value=0,
                                   description="image"),
     }
     views: dict[str, View] = {
-        "selection": (("layer", "image"), selection),
-        "attention": (("layer",) if faithful else ("layer", "image"), attention),
-        "gates": (("layer",), gates),
+        "selection": (("block", "image"), selection),
+        "attention": (("block",) if faithful else ("block", "image"), attention),
+        "gates": (("block",), gates),
     }
     if text_tokens is not None:
         def text(v: dict) -> go.Figure:
+            tokens = text_tokens[image_labels[v["image"]]] if per_class else text_tokens
             rec = record.get("text", {}).get(layer_of(v))
             sel = [] if rec is None else as_numpy(rec["selected"]).ravel()
             note = "" if rec is not None else " (no text rebuild here)"
-            return text_selection(text_tokens, sel,
+            whose = f" of '{image_labels[v['image']]}'" if per_class else ""
+            return text_selection(tokens, sel, [i for i, t in enumerate(tokens) if t == "x"],
+                                  row_labels=["prompt" + whose],
                                   title=f"text positions selected before block "
                                         f"{layer_of(v)}{note}")
-        views["text"] = (("layer",), text)
-    return Explorer(controls, views)
+        views["text"] = (("block", "image") if per_class else ("block",), text)
+    return Explorer(controls, views, static_keep={"image": 12})

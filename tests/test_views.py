@@ -115,7 +115,8 @@ def test_slot_words_nearest():
 def test_sep_views():
     figs, rec = _all_figures(), _record()
     sel = figs["selmap"]
-    assert len(sel.data) == 2 and len(sel.layout.shapes) == 2 * 3   # CLS has no outline
+    # CLS has no outline; each outline is two strokes (dark under light)
+    assert len(sel.data) == 2 and len(sel.layout.shapes) == 2 * 3 * 2
     assert all("CLS selected" in a.text for a in sel.layout.annotations)
     scored = sepv.selection_map(_images()[0], {1: [2, 3]}, (G, G),
                                 {1: rec["vision"][1]["scores"][0]})
@@ -205,7 +206,7 @@ def test_sep_explorer_reacts(mode):
     from promptviz.widgets import sep_explorer
     ex = sep_explorer(_images(), _record(mode), text_tokens=["⟨SOS⟩"] + ["x"] * 10)
     before = {k: f.to_json() for k, f in ex.figures.items()}
-    ex.controls["layer"].value = 2
+    ex.controls["block"].value = 2
     for name in ("selection", "gates", "text"):
         assert ex.figures[name].to_json() != before[name], name
     before = {k: f.to_json() for k, f in ex.figures.items()}
@@ -271,3 +272,128 @@ def test_patch_class_agreement_hand_example():
     assert scores.patch_class_agreement(tokens, text, [1], mask)["correct"] == 0.5
     assert scores.patch_class_agreement(tokens, text, [0], ~mask)["cos"] == pytest.approx(
         math.sqrt(0.5))
+
+
+# --- explorers without a kernel ------------------------------------------------------
+
+def _resolve(node: object, parts: list) -> object:
+    """What the page's script does: put every shared part back."""
+    if isinstance(node, dict):
+        if "pv-ref" in node:
+            return _resolve(parts[node["pv-ref"]], parts)
+        return {k: _resolve(v, parts) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, parts) for v in node]
+    return node
+
+
+def test_static_explorer_stores_every_state_of_every_view():
+    """Each view holds one figure per combination of the controls it reads, and each
+    stored figure, its shared parts put back, is exactly what the live explorer draws."""
+    import json
+
+    from promptviz.viz.static_explorer import _key, precompute
+    from promptviz.widgets import textrefiner_explorer
+    ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
+    controls = ex.static_controls()
+    data = precompute(controls, ex.views)
+    n = {c.name: len(c.options) for c in controls}
+    assert {v: len(d["figures"]) for v, d in data["views"].items()} == {
+        "attention": n["image"], "slot_in_image": n["image"] * n["slot"],
+        "class": n["class"] * n["slot"], "slot": n["slot"]}
+    for value in (0, 2):
+        ex.controls["image"].value = value
+        stored = data["views"]["attention"]["figures"][_key([value])]
+        assert _resolve(stored, data["parts"]) == json.loads(ex.figures["attention"].to_json())
+    # what recurs (plotly's template, the images) is stored once: a fraction of the whole
+    whole = sum(len(json.dumps(_resolve(ref, data["parts"]))) for view in data["views"].values()
+                for ref in view["figures"].values())
+    assert len(json.dumps(data)) < whole / 5
+
+
+def test_static_explorer_html_is_stable_and_self_contained():
+    from promptviz.widgets import sep_explorer
+    ex = sep_explorer(_images(), _record("per_sample"), text_tokens=["⟨SOS⟩"] + ["x"] * 10)
+    a, b = ex.to_html(include_plotlyjs=False), ex.to_html(include_plotlyjs=False)
+    assert a == b                                  # committed notebooks do not churn
+    assert "<script" in a and 'src="http' not in a and "https://cdn" not in a
+    assert a.count('data-control="') == 2 and a.count('class="pv-view"') == 4
+    assert 'type="range"' in a
+    assert len(ex.to_html()) > len(a) + 3_000_000          # plotly.js inside by default
+    bundle = ex._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "pv-explorer" in \
+        bundle["text/html"]
+
+
+def test_static_explorer_keeps_the_first_options_and_says_so():
+    from promptviz.widgets import textrefiner_explorer
+    ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
+    ex.static_keep = {"image": 2, "slot": 1}
+    html = ex.to_html(include_plotlyjs=False)
+    assert "the first 2 of 3 images" in html and "the first 1 of " in html
+    assert [len(c.options) for c in ex.static_controls()] == [2, 1, 3]
+
+
+def test_static_explorer_refuses_too_many_states():
+    from promptviz.viz.static_explorer import TooManyStates, precompute
+    from promptviz.widgets import textrefiner_explorer
+    ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
+    with pytest.raises(TooManyStates, match=r"view 'slot_in_image' reads \['image', 'slot'\]"
+                                            r".*fewer images"):
+        precompute(ex.static_controls(), ex.views, max_states=8)
+
+
+# --- faults found on the screenshots (#23 item 6) ------------------------------------------
+
+def test_sep_views_say_block_and_show_what_they_name():
+    rec = _record("per_sample")
+    fig = sepv.selection_map(_images()[0], sepv.selected_for_image(rec, 0), rec["grid"],
+                             {k: v["scores"][0] for k, v in rec["vision"].items()},
+                             numbered=True)
+    titles = [a.text for a in fig.layout.annotations]
+    assert "block 1" in titles and not any(t.startswith("layer") for t in titles)
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert heat[0].showscale and heat[0].colorbar.title.text == "energy"   # a colour bar
+    numbers = [a.text for a in fig.layout.annotations if a.text not in titles[:2]]
+    assert numbers == [str(k) for k, t in enumerate(sepv.selected_for_image(rec, 0)[1])
+                       if t > 0] + [str(k) for k, t in enumerate(
+                           sepv.selected_for_image(rec, 0)[2]) if t > 0]
+    # outlines visible on a red object: a dark line under a light one, never red alone
+    colours = {s.line.color for s in fig.layout.shapes}
+    assert colours == {"#111111", "#ffffff"}
+    assert "blue" not in sepv.text_selection(["a", "b"], [1]).layout.xaxis.title.text
+    assert "blue" in sepv.text_selection(["a", "x"], [0], [1]).layout.xaxis.title.text
+    att = sepv.tfm_attention(np.ones((2, 2)), labels=["prompt 0", "prompt 1"],
+                             column_labels=["token 0", "token 1"])
+    assert list(att.data[0].x) == ["token 0", "token 1"] and list(att.data[0].y)[0] == \
+        "prompt 0"
+
+
+def test_sep_explorer_shows_the_picked_images_prompt():
+    from promptviz.widgets import sep_explorer
+    tokens = {c: ["⟨SOS⟩", "x", "x", c, ".", "⟨EOT⟩"] for c in ("star", "heart")}
+    ex = sep_explorer(_images(), _record("per_sample"), image_labels=["star", "heart", "star"],
+                      text_tokens=tokens)
+    before = ex.figures["text"]
+    assert "star" in before.data[0].text[0] and "blue" in before.layout.xaxis.title.text
+    ex.controls["image"].value = 1
+    assert "heart" in ex.figures["text"].data[0].text[0]
+    with pytest.raises(ValueError, match="needs image_labels"):
+        sep_explorer(_images(), _record("per_sample"), text_tokens=tokens)
+
+
+def test_class_reads_figure_marks_the_uniform_read():
+    w = _read_weights()
+    fig = trv.class_reads_figure(w, NAMES, 0)
+    line = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(line) == 1 and line[0].y0 == pytest.approx(1 / w.shape[1])
+
+
+def test_textrefiner_explorer_says_when_a_slot_is_empty():
+    from promptviz.widgets import textrefiner_explorer
+    local = _local()
+    local["slot"] = np.where(local["slot"] == 4, 0, local["slot"])      # nothing in slot 4
+    ex = textrefiner_explorer(_images(), local, _read_weights(), NAMES)
+    ex.controls["slot"].value = 4
+    fig = ex.figures["slot"]
+    assert not fig.data and "slot 4 is empty" in fig.layout.annotations[0].text

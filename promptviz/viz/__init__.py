@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from promptviz.viz.embeddings import embedding_shift, project_2d
 from promptviz.viz.report import Report, standalone_html
-from promptviz.viz.results import accuracy_bars, intervention_bars, results_table_html
+from promptviz.viz.results import (
+    accuracy_bars,
+    intervention_bars,
+    learning_curves,
+    results_table_html,
+)
 from promptviz.viz.sep import (
     fusion_scalars,
     selection_frequency,
@@ -25,6 +30,6 @@ from promptviz.viz.textrefiner import (
 )
 
 __all__ = ["Report", "accuracy_bars", "cache_gallery", "embedding_shift", "fusion_scalars",
-           "intervention_bars", "project_2d", "read_weights_heatmap", "results_table_html",
-           "selection_frequency", "selection_map", "slot_words", "standalone_html",
-           "text_selection", "tfm_attention", "topk_patches_figure"]
+           "intervention_bars", "learning_curves", "project_2d", "read_weights_heatmap",
+           "results_table_html", "selection_frequency", "selection_map", "slot_words",
+           "standalone_html", "text_selection", "tfm_attention", "topk_patches_figure"]

@@ -31,6 +31,7 @@ class Report:
         self.title = title
         self.parts: list[str] = []
         self._figures = 0
+        self._plotly_js = False          # whether plotly.js is on the page yet
 
     def heading(self, text: str, level: int = 2) -> Report:
         self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -49,7 +50,14 @@ class Report:
         self._figures += 1
         div_id = div_id or f"pv-figure-{self._figures}"
         # plotly.js goes inline with the first figure only: offline and no duplicates
-        self.parts.append(_figure_div(fig, div_id, include_js=self._figures == 1))
+        self.parts.append(_figure_div(fig, div_id, include_js=not self._plotly_js))
+        self._plotly_js = True
+        return self
+
+    def explorer(self, explorer: object) -> Report:
+        """An explorer that works without a kernel (:meth:`promptviz.widgets.Explorer.to_html`)."""
+        self.parts.append(explorer.to_html(include_plotlyjs=not self._plotly_js))
+        self._plotly_js = True
         return self
 
     def html(self) -> str:

@@ -6,6 +6,7 @@ import html
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 METRIC_NAMES = {"base_acc": "base", "new_acc": "novel", "hm": "HM", "acc": "accuracy"}
 
@@ -19,14 +20,16 @@ def _cell(row: dict, key: str) -> str:
 
 def results_table_html(rows: Sequence[dict], label: str = "method",
                        metrics: Sequence[str] = ("base_acc", "new_acc", "hm"),
-                       caption: str = "") -> str:
-    """An HTML table: one row per result dict, columns ``label`` then ``metrics``."""
+                       caption: str = "", header: str | None = None) -> str:
+    """An HTML table: one row per result dict, columns ``label`` then ``metrics``; the first
+    column is headed ``header`` (default: ``"method"`` for a ``"label"`` key, else ``label``)."""
+    header = header or ("method" if label == "label" else label)
     head = "".join(f"<th>{html.escape(METRIC_NAMES.get(m, m))}</th>" for m in metrics)
     body = "".join(
         f"<tr><td>{html.escape(str(r.get(label, '')))}</td>"
         + "".join(f"<td>{_cell(r, m)}</td>" for m in metrics) + "</tr>" for r in rows)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return (f"<table>{cap}<thead><tr><th>{html.escape(label)}</th>{head}</tr></thead>"
+    return (f"<table>{cap}<thead><tr><th>{html.escape(header)}</th>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>")
 
 
@@ -86,4 +89,36 @@ def intervention_bars(tables: Mapping[str, Sequence[Mapping]],
                       xaxis=dict(title="accuracy change (points)", zeroline=False),
                       yaxis=dict(autorange="reversed"), margin=dict(l=10, r=30, t=60, b=40),
                       legend=dict(orientation="h", y=-0.18))
+    return fig
+
+
+CURVE_NAMES = {"loss": "training loss", "train_acc": "training accuracy (%)",
+               "val_acc": "validation accuracy (%)"}
+
+
+def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
+                    metrics: Sequence[str] = ("loss", "train_acc"),
+                    title: str = "Learning curves") -> go.Figure:
+    """One panel per metric, one line per run, over epochs: ``histories[label]`` is a run's
+    ``results.json`` ``history`` (a dict per epoch). Runs without epochs (zero-shot) and
+    metrics a run did not log are left out."""
+    metrics = [m for m in metrics if any(m in h for hist in histories.values() for h in hist)]
+    if not metrics:
+        raise ValueError(f"no run logged any of {list(CURVE_NAMES)}: nothing to plot")
+    fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.12,
+                        subplot_titles=[CURVE_NAMES.get(m, m) for m in metrics])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    shown = [(name, hist) for name, hist in histories.items() if hist]
+    for i, (name, hist) in enumerate(shown):
+        for j, m in enumerate(metrics):
+            points = [(h["epoch"], h[m]) for h in hist if m in h]
+            fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=name,
+                            mode="lines+markers" if len(points) < 15 else "lines",
+                            line=dict(color=palette[i % len(palette)]), legendgroup=name,
+                            showlegend=j == 0, row=1, col=j + 1,
+                            hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.3f}}<extra></extra>")
+            fig.update_xaxes(title_text="epoch", row=1, col=j + 1)
+    fig.update_layout(title=title, template="plotly_white", height=360,
+                      width=max(520, 380 * len(metrics)), margin=dict(t=80, b=40),
+                      legend=dict(orientation="h", y=-0.22))
     return fig

@@ -47,12 +47,14 @@ def selected_for_image(record: Mapping, b: int, tower: str = "vision") -> dict[i
 def selection_map(image: object, selected_by_layer: Mapping[int, object],
                   grid: int | Sequence[int], scores_by_layer: Mapping[int, object] | None = None,
                   cols: int = 4, cell: int = 180, title: str = "Visual tokens SEP selects",
-                  opacity: float = 0.5) -> go.Figure:
-    """One panel per layer: the image with the selected visual tokens outlined.
+                  opacity: float = 0.5, numbered: bool = False) -> go.Figure:
+    """One panel per rebuilt block: the image with the selected visual tokens outlined.
 
-    ``selected_by_layer[layer]`` holds token indices (0 = CLS). With
-    ``scores_by_layer[layer]`` (the ``[N]`` mean squared activations SEP ranks
-    tokens by, CLS first) the patch scores are drawn underneath.
+    ``selected_by_layer[layer]`` holds token indices (0 = CLS) selected before that block.
+    With ``scores_by_layer[layer]`` (the ``[N]`` mean squared activations SEP ranks
+    tokens by, CLS first) the patch scores are drawn underneath, with a colour bar.
+    Outlines are dark with a light core, visible on any object colour; ``numbered``
+    writes each outlined patch's place in the selection (the TFM attention's columns).
     """
     img = to_uint8_image(as_numpy(image))
     g = _side(grid)
@@ -63,22 +65,35 @@ def selection_map(image: object, selected_by_layer: Mapping[int, object],
     titles = []
     for layer in layers:
         sel = as_numpy(selected_by_layer[layer], np.int64).ravel()
-        titles.append(f"layer {layer}" + (" · CLS selected" if (sel == 0).any() else ""))
+        titles.append(f"block {layer}" + (" · CLS selected" if (sel == 0).any() else ""))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles or None,
                         horizontal_spacing=0.02, vertical_spacing=0.1)
+    p = img.shape[0] / g
     for i, layer in enumerate(layers):
         r, c = i // cols + 1, i % cols + 1
         sel = as_numpy(selected_by_layer[layer], np.int64).ravel()
         if scores_by_layer is not None and layer in scores_by_layer:
             scores = as_numpy(scores_by_layer[layer], np.float64).ravel()[1:]
-            _add_patch_view(fig, img, scores, None, r, c, opacity, "Viridis", None, False)
+            _add_patch_view(fig, img, scores, None, r, c, opacity, "Viridis", None, i == 0)
         else:
             fig.add_trace(go.Image(z=img, hoverinfo="skip"), row=r, col=c)
-        add_outlines(fig, sel[sel > 0] - 1, g, img.shape[0], r, c)
+        patches = sel[sel > 0] - 1
+        add_outlines(fig, patches, g, img.shape[0], r, c, color="#111111", width=4)
+        add_outlines(fig, patches, g, img.shape[0], r, c, color="#ffffff", width=1.5)
+        if numbered:
+            for k, t in enumerate(sel):
+                if t > 0:
+                    y, x = divmod(int(t) - 1, g)
+                    fig.add_annotation(x=x * p + 1, y=y * p + 1, text=str(k), showarrow=False,
+                                       xanchor="left", yanchor="top", font=dict(
+                                           size=11, color="white"), bgcolor="rgba(0,0,0,0.6)",
+                                       borderpad=1, row=r, col=c)
+    fig.update_traces(colorbar=dict(title=dict(text="energy", side="right"), thickness=12),
+                      selector=dict(type="heatmap"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_layout(title=title, width=cols * cell + 60, height=rows * (cell + 30) + 60,
-                      margin=dict(l=10, r=10, t=70, b=10))
+    fig.update_layout(title=title, width=cols * cell + 90, height=rows * (cell + 30) + 70,
+                      margin=dict(l=10, r=10, t=80, b=10))
     return fig
 
 
@@ -126,7 +141,7 @@ def selection_frequency(counts: object | Mapping[int, object],
     zmax = max((float(m.max()) for m in mats.values()), default=1.0) or 1.0
     titles = []
     for k in keys:
-        t = "" if k is None else f"layer {k}"
+        t = "" if k is None else f"block {k}"
         if cls_counts is not None and k in cls_counts:
             t += f" · CLS ×{cls_counts[k]}"
         titles.append(t)
@@ -169,7 +184,8 @@ def prompt_tokens(backbone: object, ids: object, length: int | None = None) -> l
 
 def text_selection(tokens: Sequence[str] | Sequence[Sequence[str]], selected_positions: object,
                    prompt_positions: object = None, row_labels: Sequence[str] | None = None,
-                   title: str = "Text tokens SEP selects", cell: int = 64) -> go.Figure:
+                   title: str = "Text tokens SEP selects", cell: int | None = None
+                   ) -> go.Figure:
     """The prompt's tokens as a strip of cells; selected positions in orange, the learnable
     prompt positions (optional) in blue. ``tokens`` may be one prompt or one per class
     (SEP selects the same positions for every class)."""
@@ -179,6 +195,8 @@ def text_selection(tokens: Sequence[str] | Sequence[Sequence[str]], selected_pos
     prompt = set() if prompt_positions is None else \
         set(as_numpy(prompt_positions, np.int64).ravel().tolist())
     width = max([width, *(p + 1 for p in sel)])
+    if cell is None:                 # narrower cells for long prompts (fits an output area)
+        cell = max(36, min(64, 760 // width))
     z = np.zeros((len(rows), width))
     text = [[(r[i] if i < len(r) else PAD) for i in range(width)] for r in rows]
     for i in range(width):
@@ -191,9 +209,10 @@ def text_selection(tokens: Sequence[str] | Sequence[Sequence[str]], selected_pos
         z=z, text=text, texttemplate="%{text}", x=list(range(width)), y=labels, zmin=0, zmax=1,
         colorscale=scale, showscale=False, xgap=2, ygap=2,
         hovertemplate="position %{x}: %{text}<extra></extra>"))
+    key = "position (orange = selected" + (", blue = learned prompt)" if prompt else ")")
     fig.update_layout(title=title, width=width * cell + 160, height=len(rows) * 40 + 120,
                       margin=dict(l=10, r=10, t=50, b=40), plot_bgcolor="white",
-                      xaxis=dict(title="position (orange = selected, blue = prompt)", dtick=1))
+                      xaxis=dict(title=key, dtick=1))
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -219,23 +238,26 @@ def fusion_scalars(s_by_layer: Mapping[int, tuple[float, float]],
             fig.add_trace(go.Scatter(
                 x=layers, y=[d[v][k] for v in layers], mode="lines+markers",
                 name=f"{name} s{k + 1}", line=dict(color=colour, dash=dash),
-                hovertemplate=f"{name} s{k + 1}, layer %{{x}}: %{{y:.3f}}<extra></extra>"))
+                hovertemplate=f"{name} s{k + 1}, block %{{x}}: %{{y:.3f}}<extra></extra>"))
     if current_layer is not None:
         fig.add_vline(x=current_layer, line=dict(color="#999", dash="dot", width=2), opacity=1)
     if start is not None:
         fig.add_hline(y=start, line=dict(color="#2ca02c", dash="dot", width=2),
                       annotation_text=f"start {start:g}", annotation_position="bottom right")
     fig.update_layout(title=title, width=560, height=340, template="simple_white",
-                      xaxis=dict(title="layer", dtick=1), yaxis=dict(title="gate value"),
+                      xaxis=dict(title="block (prompts rebuilt before it)", dtick=1),
+                      yaxis=dict(title="gate value"),
                       margin=dict(l=50, r=10, t=50, b=40))
     return fig
 
 
 def tfm_attention(attn: object, labels: Sequence[str] | None = None,
                   panel_name: str = "prompt slot", cols: int = 4, cell: int = 200,
-                  title: str = "TFM attention (rows attend to columns)") -> go.Figure:
+                  title: str = "TFM attention (rows attend to columns)",
+                  column_labels: Sequence[str] | None = None) -> go.Figure:
     """Heatmap(s) of TFM attention: ``[K, K]`` (one sample: prompt → selected token) or
-    ``[K, B, B]`` (faithful mode: per prompt slot, image → image; text: class → class)."""
+    ``[K, B, B]`` (faithful mode: per prompt slot, image → image; text: class → class).
+    ``labels`` name the rows (and the columns, unless ``column_labels`` is given)."""
     a = as_numpy(attn, np.float64)
     mats = [a] if a.ndim == 2 else list(a)
     n = len(mats)
@@ -248,7 +270,9 @@ def tfm_attention(attn: object, labels: Sequence[str] | None = None,
     for i, m in enumerate(mats):
         ticks = list(labels) if labels is not None and len(labels) == m.shape[0] else \
             [str(j) for j in range(m.shape[0])]
-        fig.add_trace(go.Heatmap(z=m, x=ticks, y=ticks, zmin=0, zmax=zmax, colorscale="Blues",
+        xticks = list(column_labels) if column_labels is not None and \
+            len(column_labels) == m.shape[1] else ticks
+        fig.add_trace(go.Heatmap(z=m, x=xticks, y=ticks, zmin=0, zmax=zmax, colorscale="Blues",
                                  showscale=i == 0, colorbar=dict(title="weight"),
                                  hovertemplate="%{y} → %{x}: %{z:.3f}<extra></extra>"),
                       row=i // cols + 1, col=i % cols + 1)

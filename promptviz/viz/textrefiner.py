@@ -145,10 +145,14 @@ def cache_gallery(images: object, slots: object, read_weights: object,
             fig.add_trace(go.Image(z=img, hoverinfo="skip"), row=r, col=col)
             add_outlines(fig, np.flatnonzero(s[b, 1:] == j), g, img.shape[0], r, col)
         top = np.argsort(-w[:, j], kind="stable")[:top_classes]
+        # class names inside the bars: tick labels would run over the images to the left
         fig.add_trace(go.Bar(x=w[top, j], y=[names[c] for c in top], orientation="h",
+                             text=[names[c] for c in top], textposition="inside",
+                             insidetextanchor="start", textfont=dict(color="white", size=11),
                              marker_color="#1f77b4", showlegend=False,
                              hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=r, col=n_cols)
-        fig.update_yaxes(autorange="reversed", row=r, col=n_cols)
+        fig.update_yaxes(autorange="reversed", showticklabels=False, ticks="", row=r,
+                         col=n_cols)
         label = f"slot {j}<br>{usage[j]} tokens"
         if slot_words is not None:
             label += "<br><i>" + ", ".join(slot_words[j]) + "</i>"
@@ -196,11 +200,16 @@ def slot_membership_figure(image: object, slots: object, slot: int, title: str |
 
 def class_reads_figure(read_weights: object, classnames: Sequence[str], cls: int,
                        highlight_slot: int | None = None, title: str | None = None) -> go.Figure:
-    """Bars: how class ``cls`` spreads its read over the slots (``highlight_slot`` in red)."""
+    """Bars: how class ``cls`` spreads its read over the slots (``highlight_slot`` in red),
+    against the uniform read ``1/M`` (dashed): a bar near the line is a slot the class
+    does not single out."""
     w = as_numpy(read_weights, np.float64)[cls]
     colours = ["#d62728" if j == highlight_slot else "#1f77b4" for j in range(len(w))]
     fig = go.Figure(go.Bar(x=[f"slot {j}" for j in range(len(w))], y=w, marker_color=colours,
                            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=1.0 / len(w), line=dict(color="#555", dash="dash", width=1.5), opacity=1,
+                  annotation_text=f"uniform 1/M = {1.0 / len(w):.3f}",
+                  annotation_position="top right")
     fig.update_layout(title=title or f"what '{_names(classnames)[cls]}' reads from the cache",
                       width=max(420, 22 * len(w) + 120), height=320, template="simple_white",
                       yaxis_title="read weight", margin=dict(l=50, r=10, t=50, b=60))

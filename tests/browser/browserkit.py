@@ -85,6 +85,24 @@ class Offline:
             route.abort()
 
 
+class OfflinePage:
+    """A page that opens a file from disk with every non-file request aborted and recorded."""
+
+    def __init__(self, context, path: Path) -> None:
+        self.path = path
+        self.offline = Offline(allowed=("file://",))
+        self.page = context.new_page()
+        self.offline.attach(self.page)
+        self.offline.watch(self.page)
+        # "commit" returns at once: the pages then load side by side, so on a machine with
+        # several cores parsing each file's embedded plotly.js (≈4.7 MB) overlaps
+        self.page.goto(path.resolve().as_uri(), wait_until="commit")
+
+    def loaded(self):
+        self.page.wait_for_load_state("load", timeout=120_000)
+        return self.page
+
+
 # --- painted, not blank ---------------------------------------------------------------
 
 #: Plotly figures that drew something: the figure's svg has a size, and its layers hold

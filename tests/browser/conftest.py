@@ -72,3 +72,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     server = Lab(root, tmp_path_factory.mktemp("lab-home"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_report_file(tmp_path_factory) -> Path:
+    """``runs/demo/report.html`` as ``make demo`` writes it: the same ``run_demo``, on a
+    small ToyWorld suite with the random pv-tiny backbone and one epoch (seconds, not the
+    demo's minutes; the report's structure does not depend on the numbers)."""
+    from promptviz.demo import DemoConfig, run_demo
+    from promptviz.toyworld.suite import build_suite
+    root = tmp_path_factory.mktemp("demo")
+    build_suite(root / "toy", n_train=4, n_val=1, n_test=2, datasets=["toy_fine"])
+    return run_demo(DemoConfig(out=str(root / "demo"), data_root=str(root / "toy"),
+                               datasets=["toy_fine"], backbone="pv-tiny", shots=2, epochs=1,
+                               progress=False))

@@ -20,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from browserkit import Offline, assert_painted
+from browserkit import Offline, OfflinePage, assert_painted
 
 import promptviz.viz
 from promptviz.toyworld import sample_batch
@@ -76,6 +76,10 @@ def figures() -> dict[str, go.Figure]:
                                          [list(t) for t in d["topk"]], cols=2,
                                          title="patch grid"),
         "accuracy_bars": results.accuracy_bars(ROWS, label="label"),
+        "learning_curves": results.learning_curves(
+            {"CoOp": [{"epoch": e, "loss": 2 / e, "train_acc": 50 + 4 * e} for e in (1, 2, 3)],
+             "SEP": [{"epoch": e, "loss": 1.5 / e, "train_acc": 60 + 3 * e, "val_acc": 55 + e}
+                     for e in (1, 2, 3)], "zero-shot": []}, metrics=("loss", "val_acc")),
         "intervention_bars": results.intervention_bars(
             {half: [{"intervention": "none", "acc": 80.0, "delta": 0.0},
                     {"intervention": "read=zero", "acc": 80.0 + d, "delta": d},
@@ -144,31 +148,13 @@ def test_every_view_function_is_exported_here(built):
                          "figures() in tests/browser/test_exports.py")
 
 
-class OfflinePage:
-    """A page that opens a file from disk with every non-file request aborted and recorded."""
-
-    def __init__(self, context, path: Path) -> None:
-        self.path = path
-        self.offline = Offline(allowed=("file://",))
-        self.page = context.new_page()
-        self.offline.attach(self.page)
-        self.offline.watch(self.page)
-        # "commit" returns at once: the pages then load side by side, so on a machine with
-        # several cores parsing each file's embedded plotly.js (≈4.7 MB) overlaps
-        self.page.goto(path.resolve().as_uri(), wait_until="commit")
-
-    def loaded(self):
-        self.page.wait_for_load_state("load", timeout=120_000)
-        return self.page
-
-
 @pytest.fixture(scope="module")
-def pages(browser, built, tmp_path_factory):
+def pages(browser, built, demo_report_file, tmp_path_factory):
     """Every export and report, written to disk and opening in its own page."""
     out = tmp_path_factory.mktemp("exports")
     files = {name: standalone_html(fig, out / f"{name}.html", title=name)
              for name, fig in built.items()}
-    files["report"] = demo_report(out)
+    files["report"] = demo_report_file
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = {name: OfflinePage(context, path) for name, path in files.items()}
     yield opened
@@ -194,20 +180,10 @@ def test_figure_export_draws_offline(pages, shots_dir, name):
     check_page(page.loaded(), page.offline, 1, shots_dir / f"export-{name}")
 
 
-def demo_report(root: Path) -> Path:
-    """``runs/demo/report.html`` as ``make demo`` writes it: the same ``run_demo``, on a
-    small ToyWorld suite with the random pv-tiny backbone and one epoch (seconds, not the
-    demo's minute and a half; the report's structure does not depend on the numbers)."""
-    from promptviz.demo import DemoConfig, run_demo
-    from promptviz.toyworld.suite import build_suite
-    build_suite(root / "toy", n_train=4, n_val=1, n_test=2, datasets=["toy_fine"])
-    return run_demo(DemoConfig(out=str(root / "demo"), data_root=str(root / "toy"),
-                               datasets=["toy_fine"], backbone="pv-tiny", shots=2, epochs=1,
-                               progress=False))
-
-
 def _check_report(page: OfflinePage, shot: Path) -> None:
-    n = page.path.read_text().count('class="plotly-graph-div"')
+    text = page.path.read_text()
+    # figures, and the views of the embedded explorers (drawn by their script)
+    n = text.count('class="plotly-graph-div"') + text.count('class="pv-view" data-view=')
     assert n >= 1
     check_page(page.loaded(), page.offline, n, shot)
     rows = page.page.locator("table tbody tr").count()

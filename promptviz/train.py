@@ -285,11 +285,11 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                 best = {"acc": acc, "epoch": epoch + 1,
                         "state": {k: v.clone() for k, v in method.trainable_state().items()}}
         history.append(logs)
+        epochs_bar.update(1)                      # then drawn once with this epoch's numbers
         epochs_bar.set_postfix({"loss": f"{logs['loss']:.3f}",
                                 "train acc": f"{logs['train_acc']:.1f}",
                                 **({"val acc": f"{logs['val_acc']:.1f}"} if "val_acc" in logs
-                                   else {})}, refresh=False)
-        epochs_bar.update(1)
+                                   else {})})
         if resume is not None:
             atomic_torch_save({"epoch": epoch + 1, "history": history,
                                "config": _key(cfg, weights), "state": method.trainable_state(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -320,3 +321,18 @@ def test_optimizer_steps_counts_what_training_takes(tiny_root, tmp_path, monkeyp
                                 monkeypatch)
         assert steps == optimizer_steps(n, batch, 2), batch
     assert optimizer_steps(80, 32, 10) == 20 and optimizer_steps(80, 128, 100) == 100
+
+
+def test_training_bar_shows_each_epochs_loss_and_accuracy(tiny_root, tmp_path, monkeypatch,
+                                                         capsys):
+    """With progress on, one bar counts the epochs and carries the last epoch's loss and
+    training accuracy (read once an epoch, as the history logs them)."""
+    monkeypatch.setenv("PROMPTVIZ_PROGRESS", "1")
+    res = run(TrainConfig(method="coop", backbone="pv-tiny", dataset="dtd",
+                          data_root=str(tiny_root), shots=2, epochs=2, progress=True,
+                          out=str(tmp_path / "bar")))
+    last = res["history"][-1]
+    drawn = [line for line in re.split(r"[\r\n]", capsys.readouterr().err)
+             if line.startswith("coop training")]
+    assert any(" 2/2 " in line and f"loss={last['loss']:.3f}" in line
+               and f"train acc={last['train_acc']:.1f}" in line for line in drawn), drawn

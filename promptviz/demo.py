@@ -6,8 +6,10 @@ classes, where it has little) evaluates
 zero-shot toyclip and trains CoOp, CoOp+TextRefiner and SEP, prints the base / novel /
 HM tables and writes
 ``runs/demo/report.html``: one file, plotly embedded, that opens offline, with the
-table, the accuracy bars, how the classes read TextRefiner's cache and which visual
-tokens SEP selects on a test image.
+table, the accuracy bars, the learning curves, how the classes read TextRefiner's cache,
+which visual tokens SEP selects, and per test image why each method predicted what it did
+(top-5 classes, the patches it looked at, confusion matrices), with explorers that work
+without a kernel.
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ import numpy as np
 import torch
 
 from promptviz.backbone import load_clip
-from promptviz.data import load_dataset
+from promptviz.data import Sample, load_dataset
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, format_pm
-from promptviz.train import TrainConfig, check_device, finished_run, load_method, run
+from promptviz.probe import load_images
+from promptviz.scores import patch_object_mask, slot_on_object
+from promptviz.toyworld.suite import load_ground_truth
+from promptviz.train import (
+    TrainConfig,
+    check_device,
+    finished_run,
+    load_method,
+    load_predictions,
+    run,
+)
 from promptviz.viz import (
     Report,
     accuracy_bars,
@@ -72,17 +84,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _test_images(method, cfg: DemoConfig, dataset: str, n: int
-                 ) -> tuple[torch.Tensor, list[str]]:
+                 ) -> tuple[torch.Tensor, list[Sample]]:
     """``n`` test images spread over the classes, preprocessed for ``method``'s backbone,
-    and their class names."""
-    from promptviz.data import ImageDataset, clip_transform, load_dataset
-    clip = method.backbone
-    ds = load_dataset(dataset, cfg.data_root)
-    picked = ds.test[:: max(1, len(ds.test) // n)][:n]
-    data = ImageDataset(picked, clip_transform(clip.image_size, clip.mean, clip.std))
-    names = [s.classname for s in picked]
-    images = torch.stack([data[i][0] for i in range(len(data))])
-    return images.to(next(method.parameters()).device), names
+    and their samples."""
+    from promptviz.why import spread
+    picked = spread(load_dataset(dataset, cfg.data_root).test, n)
+    images, _ = load_images(picked, method.backbone)
+    return images, picked
 
 
 def _textrefiner_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
@@ -93,20 +101,34 @@ def _textrefiner_figure(report: Report, method, cfg: DemoConfig, dataset: str) -
     w = method.read_weights()
     report.figure(read_weights_heatmap(w, method.classnames, zmid=1.0 / w.shape[1]),
                   f"pv-demo-textrefiner-reads-{dataset}")
-    images, names = _test_images(method, cfg, dataset, 8)
+    images, picked = _test_images(method, cfg, dataset, 8)
     report.paragraph("Explore the cache: pick a test image, a slot and a class (the image's "
                      "CLS attention with the top-k patches, its patches written to the "
-                     "slot, the slot's gallery, the class's read weights).")
+                     "slot, the slot's gallery, the class's read weights). On ToyWorld the "
+                     "slots are listed by the share of their patches that lie on objects "
+                     "(ground truth over these images).")
     clip = method.backbone
-    report.explorer(textrefiner_explorer(images.cpu(), method.local_tokens(images),
-                                         method.read_weights(), method.classnames,
-                                         image_labels=names, mean=clip.mean, std=clip.std))
+    local = method.local_tokens(images)
+    slots = local["slot"][:, 1:].cpu().numpy()
+    try:
+        on_object = patch_object_mask([load_ground_truth(s.impath).patch_labels
+                                       for s in picked])
+    except PromptvizError:           # not a ToyWorld dataset: no ground truth, slots by use
+        on_object = None
+    # ToyWorld's ground truth is on toyclip's patch grid; another backbone's grid differs
+    share = (slot_on_object(slots, on_object, method.options.n_slots)
+             if on_object is not None and on_object.shape == slots.shape else None)
+    report.explorer(textrefiner_explorer(images.cpu(), local, method.read_weights(),
+                                         method.classnames,
+                                         image_labels=[s.classname for s in picked],
+                                         object_share=share, mean=clip.mean, std=clip.std))
 
 
 def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
     from promptviz.viz.sep import prompt_tokens
     from promptviz.widgets import sep_explorer
-    images, names = _test_images(method, cfg, dataset, 8)
+    images, picked = _test_images(method, cfg, dataset, 8)
+    names = [s.classname for s in picked]
     record = method.selection_record(images)
     report.paragraph("The visual tokens SEP keeps before each rebuilt block of the image "
                      "tower (outlined), over the first test image.")
@@ -120,6 +142,31 @@ def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
               for c in dict.fromkeys(names)}      # the prompt of each image's class
     report.explorer(sep_explorer(images.cpu(), record, image_labels=names, text_tokens=tokens,
                                  mean=clip.mean, std=clip.std))
+
+
+def _why_section(report: Report, trained: dict, cfg: DemoConfig, dataset: str,
+                 batch_size: int) -> None:
+    from promptviz.data import subsample_classes
+    from promptviz.why import explain
+    from promptviz.widgets import why_explorer
+    ds = load_dataset(dataset, cfg.data_root)
+    halves = {"base": subsample_classes(ds, "base"), "novel": subsample_classes(ds, "new")}
+    saved = {}                        # the runs' own predictions: no second evaluation
+    for m in trained:
+        p = load_predictions(Path(cfg.out) / dataset / m)
+        if p is not None and {"base_acc", "new_acc"} <= set(p):
+            saved[LABELS.get(m, m)] = {"base": p["base_acc"], "novel": p["new_acc"]}
+    why = explain({LABELS.get(m, m): method for m, method in trained.items()}, halves,
+                  per_half=4, batch_size=batch_size, predictions=saved)
+    report.heading(f"Why this prediction? ({dataset})", level=3)
+    report.paragraph("Pick a test image: each method's five highest logits (the true class "
+                     "green, a wrong pick red) and the patches it looked at. Zero-shot CLIP "
+                     "and CoOp share the frozen image tower, so they look at the same "
+                     "patches and differ only in the text; TextRefiner marks the patches its "
+                     "local loss reads, SEP the tokens it keeps before its last rebuilt "
+                     "block. Pick a method: its confusion matrices over the whole base and "
+                     "novel test splits (rows are true classes).")
+    report.explorer(why_explorer(why))
 
 
 FIGURES = {"textrefiner": _textrefiner_figure, "sep": _sep_figure}
@@ -207,11 +254,13 @@ def run_demo(cfg: DemoConfig) -> Path:
             report.figure(learning_curves(histories, title=f"{dataset}: learning curves "
                                           "(per epoch, from each run's results.json)"),
                           f"pv-demo-curves-{dataset}")
+        trained = {method: load_method(Path(cfg.out) / dataset / method, cfg.device)[0]
+                   for method in cfg.methods}
         for method in cfg.methods:
             if method in FIGURES:
                 report.heading(f"{LABELS[method]} on {dataset}", level=3)
-                trained = load_method(Path(cfg.out) / dataset / method, cfg.device)[0]
-                FIGURES[method](report, trained, cfg, dataset)
+                FIGURES[method](report, trained[method], cfg, dataset)
+        _why_section(report, trained, cfg, dataset, rows[0].get("eval_batch_size", 128))
     took = time.perf_counter() - t0
     report.paragraph(f"Made by make demo in {took:.0f} s"
                      + (f" ({reused} of {n} runs reused from an earlier demo)." if reused

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -31,32 +32,47 @@ def harmonic_mean(base: float, new: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
-             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
-             desc: str = "eval", precision: str = "auto") -> float:
-    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates,
-    under :func:`autocast_for` ``precision``. ``batch_size`` matters for a method whose
-    predictions depend on the other images of a batch (SEP's faithful mode)."""
+def predict(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
+            batch_size: int = 128, num_workers: int = 0, progress: bool = False,
+            desc: str = "predict", precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions and true labels (int arrays ``[N]``) of ``method`` on ``samples``
+    with ``classnames`` as the candidates, under :func:`autocast_for` ``precision``.
+    ``batch_size`` matters for a method whose predictions depend on the other images of a
+    batch (SEP's faithful mode): :func:`evaluate` with the same batch size scores exactly
+    these predictions. Raises :class:`~promptviz.errors.Diverged` on NaN scores."""
     if not samples:
-        return float("nan")
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     bb = method.backbone
     method.set_classnames(classnames, template)
     method.eval()
     loader = DataLoader(ImageDataset(samples, clip_transform(bb.image_size, bb.mean, bb.std)),
                         batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds, labels = [], []
     with autocast_for(bb.device, precision):
         text = None if method.text_depends_on_image else method.text_features()  # once
-        correct = torch.zeros((), dtype=torch.long, device=bb.device)
         finite = torch.ones((), dtype=torch.bool, device=bb.device)
-        for images, labels, _ in progress_bar(loader, desc=desc, enabled=progress):
-            images, labels = images.to(bb.device), labels.to(bb.device)
-            logits = method.logits(images, text)
+        for images, y, _ in progress_bar(loader, desc=desc, enabled=progress):
+            logits = method.logits(images.to(bb.device), text)
             finite &= logits.isfinite().all()
-            correct += (logits.argmax(-1) == labels).sum()
+            preds.append(logits.argmax(-1))                 # stays on the device: one sync
+            labels.append(y)
     if not finite:             # argmax of NaN is an arbitrary class: no accuracy to report
         raise Diverged(f"the {method.name} model's scores are NaN or infinite ({desc}); "
-                             "its weights diverged: train again with a lower --lr")
-    return 100.0 * correct.item() / len(samples)
+                       "its weights diverged: train again with a lower --lr")
+    return (torch.cat(preds).cpu().numpy().astype(np.int64),
+            torch.cat(labels).numpy().astype(np.int64))
+
+
+def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
+             batch_size: int = 128, num_workers: int = 0, progress: bool = True,
+             desc: str = "eval", precision: str = "auto") -> float:
+    """Top-1 accuracy (percent) of ``method`` on ``samples`` with ``classnames`` as candidates
+    (:func:`predict`'s predictions scored; NaN for no samples)."""
+    if not samples:
+        return float("nan")
+    preds, labels = predict(method, samples, classnames, template, batch_size, num_workers,
+                            progress, desc, precision)
+    return 100.0 * float((preds == labels).sum()) / len(samples)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

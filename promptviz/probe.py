@@ -8,9 +8,9 @@ Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arr
 * :func:`load_images` — samples as a CLIP-ready batch plus the pixels the model sees;
 * :func:`cls_attention` — CLS → patch attention of chosen visual layers;
 * :func:`attention_on_object` — the share of that attention landing on given patches;
-* :func:`predict`, :func:`confusion_matrix`, :func:`top_confusions`,
-  :func:`per_class_accuracy` — per-image predictions, the class pairs they mix up and each
-  class's accuracy;
+* :func:`confusion_matrix`, :func:`top_confusions`, :func:`per_class_accuracy` — from
+  per-image predictions (:func:`promptviz.evaluate.predict`), the class pairs they mix up
+  and each class's accuracy;
 * :func:`text_drift` — how far a learned prompt moved each class's text feature from the
   hand-made template's (KgCoOp's measure);
 * :func:`image_features`, :func:`linear_head` — how much K labelled shots can teach *any*
@@ -126,28 +126,6 @@ def attention_on_object(attention: object, object_mask: object) -> float:
 
 
 # --- predictions ---------------------------------------------------------------------
-
-@torch.no_grad()
-def predict(method: Method, samples: Sequence[Sample], classnames: list[str], template: str,
-            batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 predictions and true labels (int arrays ``[N]``) of ``method`` on ``samples``,
-    with ``classnames`` as the candidates (the per-image version of
-    :func:`promptviz.evaluate.evaluate`)."""
-    bb = method.backbone
-    method.set_classnames(classnames, template)
-    method.eval()
-    loader = DataLoader(ImageDataset(samples, clip_transform(bb.image_size, bb.mean, bb.std)),
-                        batch_size=batch_size, shuffle=False)
-    preds, labels = [], []
-    with autocast_for(bb.device):
-        text = None if method.text_depends_on_image else method.text_features()
-        for images, y, _ in loader:
-            preds.append(method.logits(images.to(bb.device), text).argmax(-1).cpu())
-            labels.append(y)
-    if not preds:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return torch.cat(preds).numpy().astype(np.int64), torch.cat(labels).numpy().astype(np.int64)
-
 
 def confusion_matrix(preds: object, labels: object, n_classes: int) -> np.ndarray:
     """Counts ``[n_classes, n_classes]``: row = true class, column = predicted class."""

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import (
     META,
     atomic_torch_save,
+    atomic_write,
     atomic_write_text,
     load_state,
     make_folder,
@@ -50,7 +53,14 @@ from promptviz.data import (
 )
 from promptviz.data.datasets import looks_like_path
 from promptviz.errors import Diverged, PromptvizError
-from promptviz.evaluate import PRECISIONS, autocast_for, evaluate, harmonic_mean, resolve_precision
+from promptviz.evaluate import (
+    PRECISIONS,
+    autocast_for,
+    evaluate,
+    harmonic_mean,
+    predict,
+    resolve_precision,
+)
 from promptviz.methods import Method, build_method, method_class
 from promptviz.methods.base import SELECTIONS
 from promptviz.progress import progress_bar
@@ -58,6 +68,7 @@ from promptviz.progress import progress_bar
 PROTOCOLS = ("base2new", "fewshot")
 RESULTS = "results.json"
 RESUME = "resume.pt"
+PREDICTIONS = "predictions.npz"
 # Bumped whenever training computes something else for the same config (a new schedule, a
 # new default), so that studies never reuse a result of the old code (see run_key).
 TRAINING_VERSION = 2
@@ -190,8 +201,12 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
                                               "new_acc": subsample_classes(ds, "new")}
 
 
+OnEpoch = Callable[[list[dict[str, float]]], None]       # called with the history so far
+
+
 def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
-                 out: Path | None = None, weights: str = "") -> list[dict[str, float]]:
+                 out: Path | None = None, weights: str = "", on_epoch: OnEpoch | None = None
+                 ) -> list[dict[str, float]]:
     """Optimise ``method``'s trainable parameters on ``train_set``; returns per-epoch logs.
 
     ``cfg`` is resolved (:meth:`TrainConfig.resolved`). With ``cfg.select == "best_val"`` the
@@ -199,7 +214,8 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     ends with the state of the first epoch that scored best, as Dassl's ``best_val``.
     With ``out``, the state after every epoch goes to ``out/resume.pt``, keyed on the config
     and ``weights`` (the backbone's :func:`featcache.weights_fingerprint`, computed here
-    when not given)."""
+    when not given). ``on_epoch(history)`` is called after every epoch (e.g. a live
+    plot, :class:`promptviz.notebook.LiveCurves`)."""
     bb: Backbone = method.backbone
     params = method.trainable_parameters()
     if cfg.epochs == 0 or not params:
@@ -290,6 +306,8 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                                 "train acc": f"{logs['train_acc']:.1f}",
                                 **({"val acc": f"{logs['val_acc']:.1f}"} if "val_acc" in logs
                                    else {})})
+        if on_epoch is not None:
+            on_epoch(history)
         if resume is not None:
             atomic_torch_save({"epoch": epoch + 1, "history": history,
                                "config": _key(cfg, weights), "state": method.trainable_state(),
@@ -477,17 +495,53 @@ def _resume(path: Path, method: Method, optim: torch.optim.Optimizer,
     return int(saved["epoch"]), list(saved["history"]), saved["best"]
 
 
-def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
-                      cfg: TrainConfig) -> dict[str, float]:
-    """Accuracy on every evaluation set, and HM for base-to-novel."""
-    out = {}
-    for key, ds in eval_sets.items():
-        out[key] = evaluate(method, ds.test, ds.classnames, ds.template, cfg.eval_batch_size,
-                            cfg.num_workers, cfg.progress, desc=key,
-                            precision=resolve_precision(cfg.precision, method.backbone.device))
+def protocol_predictions(method: Method, eval_sets: dict[str, Dataset], cfg: TrainConfig
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Top-1 predictions and true labels on every evaluation set's test split."""
+    precision = resolve_precision(cfg.precision, method.backbone.device)
+    return {key: predict(method, ds.test, ds.classnames, ds.template, cfg.eval_batch_size,
+                         cfg.num_workers, cfg.progress, desc=key, precision=precision)
+            for key, ds in eval_sets.items()}
+
+
+def protocol_metrics(predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Accuracy (percent) on every evaluation set, and HM for base-to-novel."""
+    out = {key: 100.0 * float((p == y).sum()) / len(y) if len(y) else float("nan")
+           for key, (p, y) in predictions.items()}
     if "base_acc" in out:
         out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
     return out
+
+
+def evaluate_protocol(method: Method, eval_sets: dict[str, Dataset],
+                      cfg: TrainConfig) -> dict[str, float]:
+    """Accuracy on every evaluation set, and HM for base-to-novel."""
+    return protocol_metrics(protocol_predictions(method, eval_sets, cfg))
+
+
+def save_predictions(out: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """``out/predictions.npz``: ``{key}_pred`` and ``{key}_label`` per evaluation set (what
+    confusion matrices are made of, without evaluating again)."""
+    arrays = {f"{k}_{what}": a for k, (p, y) in predictions.items()
+              for what, a in (("pred", p), ("label", y))}
+    atomic_write(out / PREDICTIONS, lambda tmp: tmp.write_bytes(_npz_bytes(arrays)))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_predictions(out: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The predictions a finished run saved (:func:`save_predictions`), or None when its
+    folder has none (a run of an older promptviz)."""
+    path = Path(out) / PREDICTIONS
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        keys = [k[:-len("_pred")] for k in z.files if k.endswith("_pred")]
+        return {k: (z[f"{k}_pred"], z[f"{k}_label"]) for k in keys}
 
 
 # TrainConfig fields that say where a run writes and how it reports, not what it computes
@@ -583,8 +637,10 @@ def check_owner(out: Path, cfg: TrainConfig, request: str, dataset: str) -> None
                 "another --out, or pass --overwrite to discard it")
 
 
-def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = None
+        ) -> dict[str, Any]:
     """Train and evaluate one (method, dataset, protocol, shots, seed); write results.json.
+    ``on_epoch(history)`` is called after every training epoch.
 
     Every check (settings, device, dataset, backbone, method options, that ``cfg.out`` can
     be written and holds no other run: :func:`check_owner`, unless ``overwrite``) happens
@@ -621,10 +677,11 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
         print(f"note: {out} already holds a finished run; training again replaces it "
               "(give another --out to keep both)")
     created = make_folder(out)
-    (out / RESULTS).unlink(missing_ok=True)          # a stale result must not survive a failure
+    for stale in (RESULTS, PREDICTIONS):             # a stale result must not survive a failure
+        (out / stale).unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        history = train_method(method, train_set, cfg, out, weights)
+        history = train_method(method, train_set, cfg, out, weights, on_epoch)
     except Diverged:             # resuming would diverge again: leave --out as it was
         (out / RESUME).unlink(missing_ok=True)
         if created and not any(out.iterdir()):
@@ -641,7 +698,9 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
             if looks_like_path(cfg.dataset) else None}
     save_checkpoint(out, method.trainable_state(), meta)
     t1 = time.perf_counter()
-    metrics = evaluate_protocol(method, eval_sets, cfg)
+    predictions = protocol_predictions(method, eval_sets, cfg)
+    metrics = protocol_metrics(predictions)
+    save_predictions(out, predictions)               # before results.json, which ends a run
     results = {"method": cfg.method, "backbone": cfg.backbone, "dataset": ds.name,
                "protocol": cfg.protocol, "shots": cfg.shots, "seed": cfg.seed, **metrics,
                "epochs": cfg.epochs, "select": cfg.select,

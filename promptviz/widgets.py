@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 import numpy as np
@@ -40,6 +41,7 @@ from promptviz.viz.sep import (
     text_selection,
     tfm_attention,
 )
+from promptviz.viz.similarity import confusion_heatmap
 from promptviz.viz.static_explorer import Control, explorer_html
 from promptviz.viz.textrefiner import (
     cache_gallery,
@@ -48,8 +50,13 @@ from promptviz.viz.textrefiner import (
     slot_usage,
     topk_patches_figure,
 )
+from promptviz.viz.why import looked_at_figure, top_classes
+
+if TYPE_CHECKING:
+    from promptviz.why import Why
 
 View = tuple[tuple[str, ...], Callable[[dict], go.Figure]]   # (controls it reads, render)
+BUSY = "<i>drawing …</i>"
 
 
 def _bundle(fig: go.Figure) -> dict:
@@ -67,8 +74,10 @@ class Explorer(widgets.VBox):
                  views: Mapping[str, View], static_keep: Mapping[str, int] | None = None
                  ) -> None:
         outputs = {name: widgets.Output() for name in views}
+        # says "drawing" while the kernel renders, so a change never looks ignored
+        self.busy = widgets.HTML("", layout=widgets.Layout(min_width="90px"))
         super().__init__(children=[
-            widgets.HBox(list(controls.values())),
+            widgets.HBox([*controls.values(), self.busy]),
             widgets.HBox(list(outputs.values()), layout=widgets.Layout(flex_flow="row wrap"))])
         self.controls = dict(controls)
         self.views = dict(views)
@@ -133,10 +142,15 @@ class Explorer(widgets.VBox):
     def refresh(self, changed: str | None = None) -> None:
         """Re-render the views that read control ``changed`` (all views if None)."""
         values = self.values()
-        for name, (deps, render) in self.views.items():
-            if changed is None or changed in deps:
-                self.figures[name] = render(values)
+        stale = [name for name, (deps, _) in self.views.items()
+                 if changed is None or changed in deps]
+        self.busy.value = BUSY
+        try:
+            for name in stale:
+                self.figures[name] = self.views[name][1](values)
                 self.outputs[name].outputs = (_bundle(self.figures[name]),)
+        finally:
+            self.busy.value = ""
 
 
 def _images(images: object, mean: Sequence[float] | None, std: Sequence[float] | None
@@ -171,9 +185,15 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
                          classnames: Sequence[str],
                          slot_words: Sequence[Sequence[str]] | None = None, per_slot: int = 4,
                          image_labels: Sequence[str] | None = None,
+                         object_share: Sequence[float] | None = None,
                          mean: Sequence[float] | None = None,
                          std: Sequence[float] | None = None) -> Explorer:
     """Explore TextRefiner's cache: pick an image, a slot and a class.
+
+    With ground truth, ``object_share[j]`` (the share of slot ``j``'s patches that lie on
+    an object, :func:`promptviz.scores.slot_on_object`) orders the slots most-object
+    first, shows in each slot's label, and a slot under 10 % is called "background"
+    instead of given the words nearest to it (which would name a colour it does not hold).
 
     ``local`` is ``m.local_tokens(x)``, ``read_weights`` ``m.read_weights()``;
     ``images`` are ``[B, H, W, 3]`` uint8 or the model's ``[B, 3, H, W]`` input (pass
@@ -186,10 +206,20 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
     slots, w = as_numpy(local["slot"], np.int64), as_numpy(read_weights, np.float64)
     usage = slot_usage(slots, w.shape[1])
     order = [int(j) for j in np.argsort(-usage, kind="stable")]
+    share = None if object_share is None else np.asarray(object_share, np.float64)
+    if share is not None:
+        if len(share) != w.shape[1]:
+            raise ValueError(f"object_share has {len(share)} values for {w.shape[1]} slots")
+        order = [int(j) for j in np.argsort(-np.nan_to_num(share, nan=-1.0), kind="stable")]
+        background = [bool(share[j] < 0.1) for j in range(len(share))]   # NaN: not background
+        if slot_words is not None:
+            slot_words = [["background"] if background[j] else list(words)
+                          for j, words in enumerate(slot_words)]
 
     def slot_label(j: int) -> str:
+        on = "" if share is None or np.isnan(share[j]) else f", {100 * share[j]:.0f} % on objects"
         words = f" · {', '.join(slot_words[j])}" if slot_words is not None else ""
-        return f"slot {j} ({usage[j]} tokens){words}"
+        return f"slot {j} ({usage[j]} tokens{on}){words}"
 
     controls = {
         "image": _dropdown(options=_image_options(len(imgs), image_labels), value=0,
@@ -297,3 +327,46 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
                                         f"{layer_of(v)}{note}")
         views["text"] = (("block", "image") if per_class else ("block",), text)
     return Explorer(controls, views, static_keep={"image": 12})
+
+
+def why_explorer(why: Why) -> Explorer:
+    """Why this prediction? ``why`` is :func:`promptviz.why.explain`'s. Pick a test image:
+    every method's top-5 classes with their logits side by side and the patches each
+    looked at; pick a method: its confusion matrix on each half's whole test split."""
+    def scores(v: dict) -> go.Figure:
+        b = v["image"]
+        half = why.halves[b]
+        return top_classes({m: why.logits[m][b] for m in why.methods}, why.classnames[half],
+                           true=why.labels[b],
+                           title=f"image {b} ({half}, true class: "
+                                 f"{why.labels[b].replace('_', ' ')}): top 5 of each method")
+
+    def looked(v: dict) -> go.Figure:
+        b = v["image"]
+        return looked_at_figure(why.images[b], {m: why.heat[m][b] for m in why.methods},
+                                {m: why.marked[m][b] for m in why.methods}, why.looked,
+                                title=f"image {b}: where each method looked "
+                                      "(each map scaled to its maximum)")
+
+    def confusion(half: str) -> Callable[[dict], go.Figure]:
+        def render(v: dict) -> go.Figure:
+            cm = why.confusion[v["method"]][half]
+            acc = 100.0 * np.trace(cm) / max(int(cm.sum()), 1)
+            size = min(520, max(260, 26 * len(why.classnames[half])))
+            fig = confusion_heatmap(cm, why.classnames[half], size=size,
+                                    title=f"{v['method']} · {half}: {acc:.1f} % right")
+            return fig.update_xaxes(title=f"predicted ({int(cm.sum())} test images)")
+        return render
+
+    labels = [f"{h} · {c}" for h, c in zip(why.halves, why.labels, strict=True)]
+    controls: dict[str, widgets.ValueWidget] = {
+        "image": _dropdown(options=_image_options(len(why.images), labels), value=0,
+                           description="image")}
+    views: dict[str, View] = {"scores": (("image",), scores), "looked": (("image",), looked)}
+    confusions = [h for h in why.classnames if all(h in why.confusion.get(m, {})
+                                                    for m in why.methods)]
+    if confusions:
+        controls["method"] = _dropdown(options=why.methods, value=why.methods[0],
+                                       description="confusion of")
+        views.update({f"confusion_{h}": (("method",), confusion(h)) for h in confusions})
+    return Explorer(controls, views)

@@ -29,7 +29,10 @@ def test_demo_writes_an_offline_report_and_reuses_finished_runs(tmp_path, capsys
     for div in ("pv-demo-bars", "pv-demo-curves", "pv-demo-textrefiner-reads",
                 "pv-demo-sep-selection"):
         assert f'id="{div}-toy_fine"' in page
-    assert page.count('class="pv-explorer"') == 2          # TextRefiner's and SEP's
+    assert page.count('class="pv-explorer"') == 3          # TextRefiner's, SEP's, "why"
+    assert "Why this prediction? (toy_fine)" in page
+    for label in LABELS:                                   # every method in the "why" view
+        assert f"<option value=\"&quot;{label}&quot;\"" in page
     assert "<th>method</th>" in page and "<th>label</th>" not in page
     results = tmp_path / "demo" / "toy_fine" / "coop" / "results.json"
     first = json.loads(results.read_text())

@@ -186,7 +186,8 @@ def test_best_val_keeps_the_best_epochs_state(tiny_root, tmp_path, monkeypatch):
         return next(scores)
 
     monkeypatch.setattr(train_mod, "evaluate", scripted)
-    monkeypatch.setattr(train_mod, "evaluate_protocol", lambda *a: {"acc": 0.0})
+    monkeypatch.setattr(train_mod, "protocol_predictions",
+                        lambda *a: {"acc": (np.zeros(1, np.int64), np.zeros(1, np.int64))})
     out = tmp_path / "tr"
     res = run(TrainConfig(method="textrefiner", backbone="pv-tiny", dataset="dtd",
                           data_root=str(tiny_root), protocol="fewshot", shots=4, epochs=3,

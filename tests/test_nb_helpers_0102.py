@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from promptviz import build_method, load_dataset
-from promptviz.evaluate import evaluate
+from promptviz.evaluate import evaluate, predict
 from promptviz.probe import (
     attention_on_object,
     cls_attention,
@@ -17,7 +17,6 @@ from promptviz.probe import (
     linear_head,
     load_images,
     per_class_accuracy,
-    predict,
     prompt_layout,
     text_drift,
     token_strings,

@@ -40,3 +40,20 @@ def test_make_student_copies_once_and_keeps_paths(tmp_path):
     assert copy.read_text() == "my work"                 # never replaced
     assert (tmp_path / "notebooks" / "a.ipynb").read_text() == "tracked"
     assert "/student/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def _code_cell(cells: list[dict], text: str) -> dict:
+    return next(c for c in cells if c["cell_type"] == "code" and text in "".join(c["source"]))
+
+
+def test_live_curves_are_one_figure_redrawn_in_place():
+    """Notebook 03 trains under ``LiveCurves``: every epoch replaces the one figure shown
+    above the training cell (a display id update), so the executed notebook keeps the final
+    curves there and the training cell shows its table, not a figure per epoch."""
+    cells = json.loads((REPO / "notebooks" / "03_textrefiner.ipynb").read_text())["cells"]
+    train = _code_cell(cells, "on_epoch=curves(")
+    assert [o["output_type"] for o in train["outputs"]] == ["stream"]
+    [shown] = _code_cell(cells, "LiveCurves(")["outputs"]
+    fig = shown["data"]["application/vnd.plotly.v1+json"]
+    assert {t["name"] for t in fig["data"]} == {"CoOp", "CoOp+TextRefiner"}
+    assert all(list(t["x"]) == list(range(1, 11)) for t in fig["data"])    # all 10 epochs

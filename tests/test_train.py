@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -12,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from promptviz.cli import main
+from promptviz.data import load_dataset, subsample_classes
+from promptviz.errors import Diverged
 from promptviz.evaluate import aggregate, harmonic_mean
 from promptviz.methods.coop import CoOp
 from promptviz.train import TrainConfig, lr_at, optimizer_steps, run
@@ -336,3 +339,48 @@ def test_training_bar_shows_each_epochs_loss_and_accuracy(tiny_root, tmp_path, m
              if line.startswith("coop training")]
     assert any(" 2/2 " in line and f"loss={last['loss']:.3f}" in line
                and f"train acc={last['train_acc']:.1f}" in line for line in drawn), drawn
+
+
+def test_on_epoch_sees_the_history_grow_and_live_curves_draw_it(tiny_root, tmp_path):
+    """``run(on_epoch=...)`` is called after every epoch with the history so far; the
+    notebooks' LiveCurves turn those calls into the learning-curve figure."""
+    from promptviz.notebook import LiveCurves
+    curves = LiveCurves()
+    assert curves.figure().layout.annotations[0].text == "no epoch finished yet"
+    seen = []
+
+    def on_epoch(history):
+        seen.append([h["epoch"] for h in history])
+        curves("CoOp")(history)
+
+    res = run(TrainConfig(method="coop", backbone="pv-tiny", dataset="dtd",
+                          data_root=str(tiny_root), shots=2, epochs=3, progress=False,
+                          out=str(tmp_path / "live")), on_epoch=on_epoch)
+    assert seen == [[1], [1, 2], [1, 2, 3]]
+    fig = curves.figure()
+    loss = next(t for t in fig.data if t.xaxis == "x")
+    assert list(loss.x) == [1, 2, 3]
+    assert list(loss.y) == pytest.approx([h["loss"] for h in res["history"]])
+
+
+def test_a_run_saves_the_predictions_its_accuracies_come_from(tiny_root, tmp_path):
+    """predictions.npz holds each evaluation set's top-1 predictions and labels; they score
+    exactly the results' accuracies, and a failed rerun leaves no stale copy."""
+    from promptviz.train import PREDICTIONS, load_predictions
+    out = tmp_path / "preds"
+    cfg = TrainConfig(method="coop", backbone="pv-tiny", dataset="dtd",
+                      data_root=str(tiny_root), shots=2, epochs=1, progress=False,
+                      out=str(out))
+    res = run(cfg)
+    saved = load_predictions(out)
+    assert set(saved) == {"base_acc", "new_acc"}
+    ds = load_dataset("dtd", tiny_root)
+    for key, half in (("base_acc", "base"), ("new_acc", "new")):
+        preds, labels = saved[key]
+        test = subsample_classes(ds, half).test
+        assert list(labels) == [s.label for s in test]
+        assert 100.0 * (preds == labels).mean() == pytest.approx(res[key])
+    assert load_predictions(tmp_path / "nothing") is None
+    with pytest.raises(Diverged):                  # fails after training started
+        run(dataclasses.replace(cfg, epochs=2, lr=1e30), overwrite=True)
+    assert not (out / PREDICTIONS).exists() and not (out / "results.json").exists()

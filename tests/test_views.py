@@ -397,3 +397,23 @@ def test_textrefiner_explorer_says_when_a_slot_is_empty():
     ex.controls["slot"].value = 4
     fig = ex.figures["slot"]
     assert not fig.data and "slot 4 is empty" in fig.layout.annotations[0].text
+
+
+def test_textrefiner_explorer_names_background_slots_with_ground_truth():
+    """Nearest words describe a slot's vector, not whether it holds objects: with the
+    object share of each slot, background slots say so and object slots come first."""
+    from promptviz.widgets import textrefiner_explorer
+    words = [["yellow"], ["red"], ["pink"], ["yellow"], ["orange"]]
+    share = [0.0, 0.6, 0.3, np.nan, 0.05]
+    ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES, slot_words=words,
+                              object_share=share)
+    labels = [label for label, _ in ex.controls["slot"].options]
+    assert [j for _, j in ex.controls["slot"].options] == [1, 2, 4, 0, 3]
+    assert labels[0].endswith("60 % on objects) · red")
+    assert labels[2].endswith(" 5 % on objects) · background")
+    assert labels[3].endswith(" 0 % on objects) · background")
+    assert labels[4].endswith("tokens) · yellow")               # no patches: no share
+    ex.controls["slot"].value = 0
+    assert "background" in ex.figures["slot"].to_json()
+    with pytest.raises(ValueError, match="3 values for 5 slots"):
+        textrefiner_explorer(_images(), _local(), _read_weights(), NAMES, object_share=[0] * 3)

@@ -33,6 +33,7 @@ from promptviz.viz import (
     similarity,
     study,
     textrefiner,
+    why,
 )
 from promptviz.viz.report import standalone_html
 
@@ -117,6 +118,11 @@ def figures() -> dict[str, go.Figure]:
         "probability_bars": similarity.probability_bars(
             {"s = 1": d["w"][0, :4] / d["w"][0, :4].sum(), "s = 100": [0.9, 0.05, 0.03, 0.02]},
             CLASSES),
+        "top_classes": why.top_classes({"CoOp": [3.0, 9.5, 1.0, 9.0], "SEP": [8.0, 2.0, 1.0, 0.5]},
+                                       CLASSES, true="red circle", k=3),
+        "looked_at_figure": why.looked_at_figure(
+            img, {"CoOp": d["attn"][0], "SEP": d["attn"][1]},
+            {"CoOp": list(d["topk"][0]), "SEP": [0, 5]}, {"CoOp": "CLS attention, top-5"}),
     }
 
 

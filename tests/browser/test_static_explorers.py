@@ -1,8 +1,9 @@
 """Explorers without a kernel, in Chromium with the network cut off.
 
-Three places hold one: the *committed* notebooks 03 and 04 (the explorer cell's saved
+Three places hold them: the *committed* notebooks 03 and 04 (the explorer cells' saved
 ``text/html`` output, opened as it is stored, never executed here), the demo's report
-(``runs/demo/report.html``, both explorers embedded) and :meth:`Explorer.save_html`.
+(``runs/demo/report.html``: the TextRefiner, SEP and "why" explorers) and
+:meth:`Explorer.save_html`.
 For each explorer the test waits for every view to draw, then moves each control — a
 dropdown to another option, the slider to its end — and checks that the views reading
 that control show a different figure while the others stay as they were.
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 from browserkit import REPO, OfflinePage, assert_painted
 
-NOTEBOOKS = {"03_textrefiner": 3, "04_sep": 2}            # notebook → controls in its explorer
+# notebook → the controls of each explorer it carries, in order
+NOTEBOOKS = {"03_textrefiner": [3, 2], "04_sep": [2]}
 
 # what each view of an explorer shows now: the figure drawn into it (its data, shapes,
 # title and images), as a string to compare before and after a control moves
@@ -26,15 +28,16 @@ FINGERPRINTS_JS = r"""root => Object.fromEntries(
                     (d.layout.images || []).map(i => i.source)] : null])]))"""
 
 
-def saved_explorer_html(name: str) -> str:
-    """The kernel-free explorer the committed notebook ``name`` carries in its outputs."""
+def saved_explorers_html(name: str) -> list[str]:
+    """The kernel-free explorers the committed notebook ``name`` carries in its outputs."""
     nb = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())
     found = ["".join(o["data"]["text/html"]) for c in nb["cells"] if c["cell_type"] == "code"
              for o in c.get("outputs", []) if "pv-explorer" in "".join(
                  o.get("data", {}).get("text/html", ""))]
-    assert len(found) == 1, (f"{name}.ipynb should carry one saved kernel-free explorer, "
-                             f"found {len(found)}: re-execute it (make notebooks)")
-    return found[0]
+    assert len(found) == len(NOTEBOOKS[name]), (
+        f"{name}.ipynb should carry {len(NOTEBOOKS[name])} saved kernel-free explorers, "
+        f"found {len(found)}: re-execute it (make notebooks)")
+    return found
 
 
 def exercise(page, root, shot: Path, controls: int) -> None:
@@ -86,23 +89,27 @@ def check_offline(page: OfflinePage) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_committed_notebook_explorer_works_without_kernel(browser, shots_dir, tmp_path, name):
-    path = tmp_path / f"{name}-explorer.html"
-    path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
-                    f"{saved_explorer_html(name)}</body></html>")
-    page, context = open_offline(browser, path)
-    roots = page.page.locator(".pv-explorer")
-    assert roots.count() == 1
-    exercise(page.page, roots.first, shots_dir / f"static-{name}", NOTEBOOKS[name])
-    check_offline(page)
-    context.close()
+def test_committed_notebook_explorers_work_without_kernel(browser, shots_dir, tmp_path, name):
+    """Each saved explorer alone on a page: each must carry its own plotly.js (a viewer
+    such as Colab shows every output in its own frame)."""
+    for k, html in enumerate(saved_explorers_html(name)):
+        path = tmp_path / f"{name}-explorer-{k}.html"
+        path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                        f"{html}</body></html>")
+        page, context = open_offline(browser, path)
+        roots = page.page.locator(".pv-explorer")
+        assert roots.count() == 1
+        exercise(page.page, roots.first, shots_dir / f"static-{name}-{k}", NOTEBOOKS[name][k])
+        check_offline(page)
+        context.close()
 
 
 def test_demo_report_explorers_work_offline(browser, shots_dir, demo_report_file):
     page, context = open_offline(browser, demo_report_file)
     roots = page.page.locator(".pv-explorer")
-    assert roots.count() == 2, "the report should embed the TextRefiner and SEP explorers"
-    for i in range(2):
+    assert roots.count() == 3, ("the report should embed the TextRefiner, SEP and "
+                                "'why this prediction?' explorers")
+    for i in range(3):
         exercise(page.page, roots.nth(i), shots_dir / f"static-report-{i}",
                  roots.nth(i).locator("[data-control]").count())
     check_offline(page)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -138,9 +139,7 @@ class Backbone(nn.Module):
         self.activation_source = activation_source
         self.tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-16",
                                                               context_length=model.context_length)
-        pre = getattr(model.visual, "preprocess_cfg", {}) or {}
-        self.mean = tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN))
-        self.std = tuple(pre.get("std", open_clip.OPENAI_DATASET_STD))
+        self.mean, self.std = image_stats(model.visual)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -300,6 +299,25 @@ class Backbone(nn.Module):
 
 
 # ---------------------------------------------------------------------- loading
+def image_stats(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel ``(mean, std)`` an open_clip image tower expects its pixels
+    normalised with (its ``preprocess_cfg``; OpenAI's when it names none)."""
+    pre = getattr(visual, "preprocess_cfg", {}) or {}
+    return (tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            tuple(pre.get("std", open_clip.OPENAI_DATASET_STD)))
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, or one clear error: an unknown name, or CUDA asked for
+    where no GPU is visible (every command that takes ``--device`` checks it here)."""
+    if device not in {"cpu", "cuda"} and not re.fullmatch(r"cuda:\d+", device):
+        raise PromptvizError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PromptvizError(f"--device {device} was asked for but no CUDA GPU is visible; "
+                             "use --device cpu")
+    return torch.device(device)
+
+
 def load_clip(spec: str, device: str | torch.device = "cpu", seed: int = 0,
               random_weights: bool = False) -> Backbone:
     """Load a frozen CLIP backbone from a spec string (see module docstring).

@@ -4,7 +4,7 @@ For every method the same work is timed twice on synthetic inputs of the backbon
 image size (random pixels, random labels; no dataset is needed):
 
 * **optimised** — what ``promptviz train`` does: training steps read a feature cache
-  where the image tower is frozen (``Method.cacheable``: every method but SEP), kept in
+  where the image tower is frozen (``method.image_input.frozen``: every method but SEP), kept in
   host memory and moved to the device one batch at a time (``featcache.batches``), class
   text features are computed once per evaluation, and on CUDA everything runs under
   bf16 autocast, where open_clip's ``nn.MultiheadAttention`` (called with
@@ -58,11 +58,12 @@ from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import autocast_for, resolve_precision
+from promptviz.inputs import cached_batches
 from promptviz.methods import METHODS, Method, build_method, method_class
 from promptviz.methods.base import zero_shot_text_features
 from promptviz.methods.zeroshot import ZeroShot
-from promptviz.train import TrainConfig, cached_batches, check_device, make_optimizer
+from promptviz.precision import autocast_for, resolve_precision
+from promptviz.train import TrainConfig, check_device, make_optimizer
 
 BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep")
 SCHEMA = "promptviz-bench/1"
@@ -269,7 +270,7 @@ def build_cache(method: Method, chunk: torch.Tensor, n_images: int, precision: s
                 ) -> tuple[tuple[featcache.HostFeatures, torch.Tensor], tuple[float, float],
                            featcache.ViewBuilder]:
     """Encode ``n_images`` (``chunk`` repeated) as a training run caches one view, into host
-    memory (:class:`featcache.ViewBuilder`, as ``train.encode_views``); returns the view,
+    memory (:class:`featcache.ViewBuilder`, as ``TrainingInputs.encode_views``); returns the view,
     the wall and CPU seconds (the copies to the host included) and the builder (its
     ``layout``: the shapes and dtypes stored per image)."""
     bb = method.backbone
@@ -279,7 +280,7 @@ def build_cache(method: Method, chunk: torch.Tensor, n_images: int, precision: s
 
     def encode() -> None:
         with autocast_for(bb.device, precision):
-            feats = method.encode_images(chunk, train=True)
+            feats = method.inputs(chunk, train=True)
             autocast = featcache.autocast_dtype(bb.device)
         if not store.tensors:
             store.describe(feats, autocast)
@@ -317,7 +318,7 @@ def train_phase(method: Method, cfg: BenchConfig, batch_size: int, optimised: bo
     runs a step: forward under autocast, ``zero_grad``, ``backward``, ``step``."""
     bb, dev = method.backbone, method.backbone.device
     precision = "auto" if optimised else "fp32"
-    cached = optimised and method.cacheable
+    cached = optimised and method.image_input.frozen
     tcfg = TrainConfig(method=method.name, batch_size=batch_size, device=str(dev),
                        precision=precision).resolved()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -353,10 +354,8 @@ def train_phase(method: Method, cfg: BenchConfig, batch_size: int, optimised: bo
             inputs, labels = next(batches)
             labels = labels.to(dev)
             with autocast_for(dev, precision):
-                if cached:
-                    loss, _, _ = method.loss_from(inputs, labels)
-                else:
-                    loss, _, _ = method.loss(inputs, labels)
+                x = inputs if cached else method.inputs(inputs, train=True)
+                loss, _, _ = method.loss(x, labels)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -398,7 +397,7 @@ def eval_phase(method: Method, cfg: BenchConfig, optimised: bool, batch_size: in
                 text = method.text_features() if once else None           # once
                 for _ in range(n):
                     t = text if once else per_batch()
-                    correct += (method.logits(images, t).argmax(-1) == labels).sum()
+                    correct += (method(images, t).argmax(-1) == labels).sum()
 
         if cfg.warmup:
             evaluation(cfg.warmup)
@@ -475,7 +474,7 @@ def bench_method(name: str, bb: Backbone, cfg: BenchConfig, classnames: list[str
     views = max(1, min(cfg.cache_views, epochs))
     eval_bs = cfg.eval_batch_size or default_eval_batch(cls, bb.device)
     row: dict[str, Any] = {"method": name, "batch_size": batch_size,
-                           "eval_batch_size": eval_bs, "cacheable": cls.cacheable,
+                           "eval_batch_size": eval_bs, "cacheable": cls.image_input.frozen,
                            "text_depends_on_image": cls.text_depends_on_image}
     for path in PATHS:
         optimised = path == "optimised"

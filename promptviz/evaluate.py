@@ -11,7 +11,6 @@ report it, so every row's HM agrees with the base and novel printed next to it. 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from promptviz.data import ImageDataset, Sample, clip_transform
-from promptviz.errors import Diverged, PromptvizError
+from promptviz.errors import Diverged
 from promptviz.methods import Method
+from promptviz.precision import autocast_for
 from promptviz.progress import progress_bar
 
 
@@ -52,7 +52,7 @@ def predict(method: Method, samples: Sequence[Sample], classnames: list[str], te
         text = None if method.text_depends_on_image else method.text_features()  # once
         finite = torch.ones((), dtype=torch.bool, device=bb.device)
         for images, y, _ in progress_bar(loader, desc=desc, enabled=progress):
-            logits = method.logits(images.to(bb.device), text)
+            logits = method(images.to(bb.device), text)        # logits(inputs(images))
             finite &= logits.isfinite().all()
             preds.append(logits.argmax(-1))                 # stays on the device: one sync
             labels.append(y)
@@ -73,33 +73,6 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
     preds, labels = predict(method, samples, classnames, template, batch_size, num_workers,
                             progress, desc, precision)
     return 100.0 * float((preds == labels).sum()) / len(samples)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``fp32``, ``bf16`` or ``fp16`` for ``precision`` on ``device``: ``auto`` is bf16 on a
-    GPU that supports it and fp32 elsewhere. Master weights stay fp32 in every case (the
-    authors train fp16 weights; see the README's fidelity table)."""
-    if precision not in PRECISIONS:
-        raise PromptvizError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and bf16_ok else "fp32"
-    if precision == "bf16" and not bf16_ok:
-        raise PromptvizError("this GPU does not support bf16; use --precision fp16 or fp32")
-    return precision
-
-
-def autocast_for(device: torch.device, precision: str = "auto") -> Any:
-    """Autocast to the resolved ``precision`` on ``device`` (a no-op context for fp32). bf16
-    also works on CPU, which is how the tests exercise the GPU's mixed-precision path."""
-    p = resolve_precision(precision, device)
-    if p == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type,
-                          dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

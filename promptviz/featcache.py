@@ -1,8 +1,8 @@
 """The on-disk cache of frozen image-tower features for training.
 
-CoOp, KgCoOp and TextRefiner never change the image tower, so the training loop encodes
-each training image once per augmented view (``train.encode_views``) and trains from
-the result. This module keeps that result on disk, so a second run with the same
+CoOp, KgCoOp and TextRefiner never change the image tower, so training encodes each
+training image once per augmented view (:class:`promptviz.inputs.TrainingInputs`) and
+trains from the result. This module keeps that result on disk, so a second run with the same
 images, views and backbone (another method of the same family, a rerun, a resumed
 study) starts training at once.
 
@@ -10,7 +10,7 @@ An entry is keyed by everything its tensors depend on: the backbone's weights (a
 fingerprint, not only its name), the exact list of training images and labels (dataset,
 split, shot sampling and base/novel subset in one), the seed (it draws the
 augmentations), the number of views, the transform, the precision, the device type and
-what the method reads from the tower (``Method.image_key``). Two files per entry under
+what the method reads from the tower (``image_input.key()``). Two files per entry under
 ``cache_root()``: ``<key>.pt`` (the tensors) and ``<key>.json`` (what it holds, readable).
 ``promptviz cache list`` shows them, ``promptviz cache clear`` deletes them. The key also
 holds the versions of promptviz, torch and open_clip (:func:`library_versions`): a new
@@ -98,7 +98,7 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
 
 def library_versions() -> dict[str, str]:
     """The versions of the code that computes an entry: promptviz (the tower's wrapper and
-    the methods' ``encode_images``), torch (its kernels) and open_clip (the model code).
+    the methods' image inputs), torch (its kernels) and open_clip (the model code).
     Part of every entry's key."""
     import open_clip
 

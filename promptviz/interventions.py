@@ -50,9 +50,9 @@ import torch.nn.functional as F
 
 from promptviz.data import Sample, load_images
 from promptviz.errors import Diverged, PromptvizError
-from promptviz.evaluate import autocast_for
 from promptviz.methods import Method, build_method
 from promptviz.methods.sep import cls_attention_scores, energy_scores
+from promptviz.precision import autocast_for
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
@@ -248,22 +248,17 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
     method.eval()
     dev = method.backbone.device
 
-    # A method with a frozen image side (``cacheable``: all but SEP) sees the same image
-    # features under every intervention here (they all act on the text side), so the
-    # images go through the tower once; SEP's prompted image pass is re-run each time.
-    feats = None
-    if method.cacheable:
-        with torch.no_grad(), autocast_for(dev, precision):
-            feats = [method.encode_images(images[i:i + batch].to(dev))
-                     for i in range(0, len(images), batch)]
+    # The method's inputs once: a method with a frozen image side (all but SEP) sees the
+    # same image features under every intervention here (they all act on the text side);
+    # SEP's x is the pixels, and its prompted image pass runs again each time.
+    with torch.no_grad(), autocast_for(dev, precision):
+        xs = [method.inputs(images[i:i + batch].to(dev)) for i in range(0, len(images), batch)]
 
     @torch.no_grad()
     def acc() -> float:
         with autocast_for(dev, precision):        # as evaluate(): bf16 where it would be
             text = None if method.text_depends_on_image else method.text_features()
-            logits = ([method.logits_from(f, text) for f in feats] if feats is not None else
-                      [method.logits(images[i:i + batch].to(dev), text)
-                       for i in range(0, len(images), batch)])
+            logits = [method.logits(x, text) for x in xs]
         if not all(bool(x.isfinite().all()) for x in logits):
             raise Diverged(f"the {method.name} model's scores are NaN or infinite under "
                            "an intervention or untouched; no accuracy to report")

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptviz.backbone import load_clip
+from promptviz.backbone import check_device, load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data import load_dataset
 from promptviz.errors import PromptvizError
 from promptviz.evaluate import HM_CONVENTION, aggregate, evaluate, mean_std
 from promptviz.methods import build_method
-from promptviz.train import TrainConfig, check_device, run
+from promptviz.train import TrainConfig, run
 
 TRAIN_SETS = ("toy_shapes", "toy_textures", "toy_fine", "toy_scenes", "toy_paints")
 SHIFTED = ("toy_shapes_sketch", "toy_shapes_noisy", "toy_shapes_shifted")
@@ -201,7 +201,7 @@ def reference_logits(backbone: str = "toyclip", seed: int = 1234) -> dict[str, A
     """
     import torch
 
-    from promptviz.pretrain import normalise
+    from promptviz.data.transforms import normalise
     from promptviz.toyworld import sample_batch
     from promptviz.toyworld.world import SHAPES
 
@@ -209,7 +209,7 @@ def reference_logits(backbone: str = "toyclip", seed: int = 1234) -> dict[str, A
     batch = sample_batch(8, torch.Generator().manual_seed(seed), clip.image_size)
     prompts = [f"a photo of a {s}." for s in SHAPES]
     with torch.no_grad():
-        f = clip.encode_image(normalise(batch.images), normalize=True)
+        f = clip.encode_image(normalise(batch.images, clip.mean, clip.std), normalize=True)
         t = clip.encode_text(clip.tokenize(prompts), normalize=True)
         logits = clip.logit_scale * f @ t.t()
     return {"seed": seed, "prompts": prompts, "captions": batch.captions,

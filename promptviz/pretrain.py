@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 
-from promptviz.backbone import _register_configs, save_clip
+from promptviz.backbone import _register_configs, check_device, image_stats, save_clip
 from promptviz.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -50,6 +50,7 @@ from promptviz.checkpoint import (
     load_state,
     make_folder,
 )
+from promptviz.data.transforms import normalise
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
 from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
@@ -285,8 +286,10 @@ class _StopRequest:
         raise KeyboardInterrupt
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
+def step_lr(step: int, cfg: PretrainConfig) -> float:
+    """The learning rate of optimiser step ``step``: a linear warm-up to ``lr`` over
+    ``warmup`` steps, then a cosine decay to ``min_lr`` (per step; fine-tuning's
+    :func:`promptviz.train.lr_at` is Dassl's per-epoch schedule)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
@@ -318,12 +321,6 @@ def clip_loss(model: torch.nn.Module, images: torch.Tensor, ids: torch.Tensor,
     else:
         y = torch.arange(len(f), device=f.device)
     return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits.t(), y))
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 class _Prefetch:
@@ -409,7 +406,8 @@ def probe(model: torch.nn.Module, tokenizer, image_size: int = 64, n: int = 200,
             labels.append(k)
         images, _ = render_scenes(scenes, image_size, torch.Generator().manual_seed(seed))
         dev = next(model.parameters()).device
-        f = model.encode_image(normalise(images).to(dev), normalize=True)
+        pixels = normalise(images, *image_stats(model.visual)).to(dev)
+        f = model.encode_image(pixels, normalize=True)
         t = model.encode_text(tokenizer([template.format(c) for c in names]).to(dev),
                               normalize=True)
         pred = (f @ t.t()).argmax(-1).cpu()
@@ -506,9 +504,9 @@ def warm_start(visual: torch.nn.Module, cfg: PretrainConfig, out: Path,
         for step in progress_bar(range(start, cfg.warm_steps), desc="warm start",
                                  enabled=cfg.progress, initial=start, total=cfg.warm_steps):
             for g in optim.param_groups:
-                g["lr"] = lr_at(step, schedule)
+                g["lr"] = step_lr(step, schedule)
             batch = sample_batch(cfg.batch_size, gen, cfg.image_size, clean=cfg.warm_clean)
-            f, tokens = visual(normalise(batch.images).to(device))
+            f, tokens = visual(normalise(batch.images, *image_stats(visual)).to(device))
             loss, accs = 0.0, {}
             for attr in ATTRIBUTES:
                 y = attribute_targets(batch.scenes, attr, device)
@@ -620,10 +618,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise PromptvizError(f"unknown --model config {cfg.model!r}; give toyclip, pv-tiny "
                              "or any open_clip.list_models() name")
     cfg = replace(cfg, image_size=_model_image_size(model_cfg, cfg))
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PromptvizError(f"--device {cfg.device} was asked for but no CUDA GPU is "
-                             "visible; pass --device cpu")
+    device = check_device(cfg.device)
     out = Path(cfg.out)
     check_folder(out)
     state_path = out / STATE
@@ -742,9 +737,9 @@ def _contrastive(model: torch.nn.Module, model_cfg: dict[str, Any], cfg: Pretrai
         for step in bar:
             batch = stream.next()
             for g in optim.param_groups:
-                g["lr"] = lr_at(step, cfg) * g["scale"]
+                g["lr"] = step_lr(step, cfg) * g["scale"]
             ids = tokenizer(batch.captions).to(device)
-            images = normalise(batch.images).to(device)
+            images = normalise(batch.images, *image_stats(model.visual)).to(device)
             f = model.encode_image(images)
             loss = clip_loss(model, images, ids, cfg.same_caption, image_features=f)
             contrastive = loss.item()
@@ -763,7 +758,7 @@ def _contrastive(model: torch.nn.Module, model_cfg: dict[str, Any], cfg: Pretrai
             running = value if running is None else 0.95 * running + 0.05 * value
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                entry = {"step": done, "loss": round(running, 4), "lr": lr_at(step, cfg),
+                entry = {"step": done, "loss": round(running, 4), "lr": step_lr(step, cfg),
                          "scale": round(model.logit_scale.detach().exp().item(), 2),
                          "seconds": round(time.perf_counter() - t0, 1)}
                 if done % cfg.probe_every == 0 or done == cfg.steps:

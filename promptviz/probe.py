@@ -26,15 +26,16 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from promptviz.backbone import ActivationCache, Backbone
 from promptviz.data import ImageDataset, Sample, clip_transform
-from promptviz.evaluate import autocast_for
+from promptviz.data import load_images as read_images
+from promptviz.inputs import FrozenFeatures
 from promptviz.methods import Method
 from promptviz.methods.base import zero_shot_text_features
+from promptviz.precision import autocast_for
 from promptviz.viz.patches import to_uint8_image
 
 # --- text ----------------------------------------------------------------------------
@@ -86,12 +87,7 @@ def prompt_layout(method: Method, index: int = 0) -> list[str]:
 def load_images(samples: Sequence[Sample], backbone: Backbone) -> tuple[Tensor, np.ndarray]:
     """``samples`` as a CLIP-normalised batch ``[B, 3, S, S]`` on the backbone's device, and
     the same pixels as uint8 ``[B, S, S, 3]`` (after resize and crop: what the model sees)."""
-    transform = clip_transform(backbone.image_size, backbone.mean, backbone.std)
-    batch = []
-    for s in samples:
-        with Image.open(s.impath) as im:
-            batch.append(transform(im))
-    images = torch.stack(batch)
+    images = read_images(samples, backbone.image_size, backbone.mean, backbone.std)
     raw = np.stack([to_uint8_image(x.numpy(), backbone.mean, backbone.std) for x in images])
     return images.to(backbone.device), raw
 
@@ -191,9 +187,8 @@ def image_features(backbone: Backbone, samples: Sequence[Sample], batch_size: in
                         batch_size=batch_size, shuffle=False)
     feats, labels = [torch.zeros(0, backbone.embed_dim)], [torch.zeros(0, dtype=torch.long)]
     with autocast_for(backbone.device):
-        for images, y, _ in loader:
-            f = backbone.encode_image(images.to(backbone.device)).float()
-            feats.append(torch.nn.functional.normalize(f, dim=-1).cpu())
+        for images, y, _ in loader:             # what a frozen-input method's x holds
+            feats.append(FrozenFeatures()(backbone, images.to(backbone.device))["f"].float().cpu())
             labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from promptviz.data.datasets import CARD_FILE, COOP_DATASETS_MD, _find_folder, find_spec
+from promptviz.data.datasets import CARD_FILE, COOP_DATASETS_MD, find_folder, find_spec
 
 URL_CACHE = Path("~/.cache/clip")        # where open_clip keeps weights fetched by URL
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -150,7 +150,7 @@ def _dataset_problem(root: Path, name: str) -> str:
     spec = find_spec(name)
     if spec is None:
         return "" if (root / name).is_dir() else f"no folder {root / name}"
-    folder = _find_folder(root, spec)
+    folder = find_folder(root, spec)
     if folder is None:
         return f"no folder {root / spec.folder}"
     if spec.image_dir and not (folder / spec.image_dir).is_dir():

@@ -30,9 +30,12 @@ VOCABULARIES = {"shape": tuple(SHAPES), "colour": tuple(COLOURS), "pattern": tup
                 "size": tuple(SIZES), "position": tuple(POSITIONS)}
 
 
-def _np(x: object, dtype: type | None = None) -> np.ndarray:
+def as_numpy(x: object, dtype: type | None = None) -> np.ndarray:
+    """``x`` (numpy array, list, or torch tensor on any device) as a numpy array of ``dtype``
+    (default: its own; a bf16 or fp16 tensor comes back as float32, integers stay integers)."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        t = x.detach().cpu()
+        x = (t.float() if t.is_floating_point() else t).numpy()
     return np.asarray(x, dtype=dtype)
 
 
@@ -56,7 +59,7 @@ def random_purity(labels: object, slot_sizes: Sequence[int], seed: int = 0,
                   n_perm: int = 5) -> float:
     """Chance level of :func:`slot_purity`: the token-weighted mean purity when the same
     labels are dealt at random into slots of the same sizes (mean over ``n_perm`` deals)."""
-    _, lab = np.unique(_np(labels).ravel(), return_inverse=True)
+    _, lab = np.unique(as_numpy(labels).ravel(), return_inverse=True)
     sizes = np.asarray(slot_sizes, np.int64)
     if sizes.sum() != lab.size:
         raise ValueError(f"slot sizes add up to {sizes.sum()}, but there are {lab.size} labels")
@@ -81,8 +84,8 @@ def slot_purity(slots: object, labels: object, n_slots: int, baseline: bool = Tr
     label per slot, None if empty), ``mean`` (token-weighted mean purity) and, with
     ``baseline``, ``random`` (:func:`random_purity` with the same slot sizes).
     """
-    s = _np(slots, np.int64).ravel()
-    raw = _np(labels).ravel()
+    s = as_numpy(slots, np.int64).ravel()
+    raw = as_numpy(labels).ravel()
     if s.shape != raw.shape:
         raise ValueError(f"{s.size} slots for {raw.size} labels")
     if s.size and (s.min() < 0 or s.max() >= n_slots):
@@ -104,8 +107,8 @@ def slot_on_object(slots: object, object_patches: object, n_slots: int) -> np.nd
     with no patches). ``slots`` ``[B, g²]`` is each patch's slot (CLS left out),
     ``object_patches`` the same shape, True on an object. Chance is the object area
     (:func:`object_area_share`)."""
-    s = _np(slots, np.int64).ravel()
-    obj = _np(object_patches, bool).ravel()
+    s = as_numpy(slots, np.int64).ravel()
+    obj = as_numpy(object_patches, bool).ravel()
     if s.shape != obj.shape:
         raise ValueError(f"slots has {s.size} patches, object_patches {obj.size}")
     count = np.bincount(s, minlength=n_slots)[:n_slots].astype(np.float64)
@@ -120,11 +123,11 @@ def patch_class_agreement(tokens: object, text: object, labels: object, mask: ob
     patches where ``mask`` ``[B, P]`` is True: ``cos``, the mean cosine with ``t_y``
     (``text`` ``[C, d]``, ``labels`` ``[B]``), and ``correct``, the share of those patches
     whose most similar class is ``y`` (each patch read as a tiny image)."""
-    x = _np(tokens, np.float64)
-    t = _np(text, np.float64)
+    x = as_numpy(tokens, np.float64)
+    t = as_numpy(text, np.float64)
     x = x / np.linalg.norm(x, axis=-1, keepdims=True)
     t = t / np.linalg.norm(t, axis=-1, keepdims=True)
-    y, keep = _np(labels, np.int64), _np(mask, bool)
+    y, keep = as_numpy(labels, np.int64), as_numpy(mask, bool)
     sims = x @ t.T                                            # [B, P, C]
     own = np.take_along_axis(sims, y[:, None, None].repeat(sims.shape[1], 1), -1)[..., 0]
     right = sims.argmax(-1) == y[:, None]
@@ -134,7 +137,7 @@ def patch_class_agreement(tokens: object, text: object, labels: object, mask: ob
 def tokens_to_patches(selected: object) -> np.ndarray:
     """Token indices (0 = CLS, as in ``selection_record``) to patch indices; CLS becomes -1
     (ignored by :func:`on_object_share`)."""
-    return _np(selected, np.int64) - 1
+    return as_numpy(selected, np.int64) - 1
 
 
 def on_object_share(selected: object, object_patches: object) -> float:
@@ -144,9 +147,9 @@ def on_object_share(selected: object, object_patches: object) -> float:
     ``[K]`` (one selection shared by the batch, SEP's faithful mode) or ``[B, K]``.
     ``object_patches`` ``[B, g²]`` is True where a patch is on an object.
     """
-    obj = _np(object_patches, bool)
+    obj = as_numpy(object_patches, bool)
     obj = obj.reshape(obj.shape[0], -1) if obj.ndim > 1 else obj[None]
-    sel = _np(selected, np.int64)
+    sel = as_numpy(selected, np.int64)
     sel = np.broadcast_to(sel, (obj.shape[0], sel.shape[-1])) if sel.ndim == 1 else sel
     if sel.shape[0] != obj.shape[0]:
         raise ValueError(f"selected covers {sel.shape[0]} images, object_patches {obj.shape[0]}")
@@ -159,7 +162,7 @@ def on_object_share(selected: object, object_patches: object) -> float:
 
 def object_area_share(object_patches: object) -> float:
     """Chance level of :func:`on_object_share`: the mean share of object patches per image."""
-    obj = _np(object_patches, bool)
+    obj = as_numpy(object_patches, bool)
     obj = obj.reshape(obj.shape[0], -1) if obj.ndim > 1 else obj[None]
     return float(obj.mean(axis=1).mean())
 
@@ -175,7 +178,7 @@ def on_object_by_layer(records: Mapping | Sequence[Mapping], object_patches: obj
     selected CLS tokens are skipped. Returns ``{layer: share}``.
     """
     recs = [records] if isinstance(records, Mapping) else list(records)
-    obj = _np(object_patches, bool)
+    obj = as_numpy(object_patches, bool)
     obj = obj.reshape(obj.shape[0], -1)
     hits: dict[int, int] = {}
     counts: dict[int, int] = {}
@@ -185,7 +188,7 @@ def on_object_by_layer(records: Mapping | Sequence[Mapping], object_patches: obj
         if not layers:
             continue
         first = next(iter(layers.values()))
-        n = _np(first["scores"]).shape[0]          # images in this batch
+        n = as_numpy(first["scores"]).shape[0]          # images in this batch
         if start + n > obj.shape[0]:
             raise ValueError(f"the records cover more than the {obj.shape[0]} images of "
                              "object_patches")
@@ -213,7 +216,7 @@ def patch_object_mask(gt_patch_labels: object, targets: Sequence[int] | None = N
     ``np.stack([gt.patch_labels for gt in gts])``. With ``targets`` (``gt.target`` per
     image) only the class-defining object counts.
     """
-    lab = _np(gt_patch_labels, np.int64)
+    lab = as_numpy(gt_patch_labels, np.int64)
     lab = lab[None] if lab.ndim == 2 else lab
     lab = lab.reshape(lab.shape[0], -1)
     if targets is None:

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from promptviz import featcache
-from promptviz.backbone import Backbone, load_clip
+from promptviz.backbone import Backbone, check_device, load_clip
 from promptviz.checkpoint import (
     META,
     atomic_torch_save,
@@ -44,25 +43,17 @@ from promptviz.checkpoint import (
 )
 from promptviz.data import (
     Dataset,
-    ImageDataset,
-    clip_transform,
     few_shot,
     load_dataset,
     subsample_classes,
-    train_transform,
 )
 from promptviz.data.datasets import looks_like_path
 from promptviz.errors import Diverged, PromptvizError
-from promptviz.evaluate import (
-    PRECISIONS,
-    autocast_for,
-    evaluate,
-    harmonic_mean,
-    predict,
-    resolve_precision,
-)
+from promptviz.evaluate import evaluate, harmonic_mean, predict
+from promptviz.inputs import TrainingInputs
 from promptviz.methods import Method, build_method, method_class
 from promptviz.methods.base import SELECTIONS
+from promptviz.precision import PRECISIONS, autocast_for, resolve_precision
 from promptviz.progress import progress_bar
 
 PROTOCOLS = ("base2new", "fewshot")
@@ -181,15 +172,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     raise PromptvizError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
 
 
-def check_device(device: str) -> torch.device:
-    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
-        raise PromptvizError(f"unknown device {device!r}; use cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PromptvizError("--device cuda was asked for but no CUDA GPU is visible; "
-                             "use --device cpu")
-    return torch.device(device)
-
-
 def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
     """The few-shot training set and the evaluation sets of ``cfg.protocol``."""
     if cfg.protocol not in PROTOCOLS:
@@ -209,46 +191,29 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                  ) -> list[dict[str, float]]:
     """Optimise ``method``'s trainable parameters on ``train_set``; returns per-epoch logs.
 
-    ``cfg`` is resolved (:meth:`TrainConfig.resolved`). With ``cfg.select == "best_val"`` the
-    validation shots are scored after every epoch (``val_acc`` in the logs) and the method
-    ends with the state of the first epoch that scored best, as Dassl's ``best_val``.
-    With ``out``, the state after every epoch goes to ``out/resume.pt``, keyed on the config
-    and ``weights`` (the backbone's :func:`featcache.weights_fingerprint`, computed here
-    when not given). ``on_epoch(history)`` is called after every epoch (e.g. a live
-    plot, :class:`promptviz.notebook.LiveCurves`)."""
+    ``cfg`` is resolved (:meth:`TrainConfig.resolved`). The batches are ``(x, y)`` for
+    ``method.loss(x, y)``, from the feature cache or the images (:class:`TrainingInputs`).
+    With ``cfg.select == "best_val"`` the validation shots are scored after every epoch
+    (``val_acc`` in the logs) and the method ends with the state of the first epoch that
+    scored best, as Dassl's ``best_val``. With ``out``, the state after every epoch goes to
+    ``out/resume.pt`` (:class:`Resumable`). ``on_epoch(history)`` is called after every
+    epoch (e.g. a live plot, :class:`promptviz.notebook.LiveCurves`)."""
     bb: Backbone = method.backbone
     params = method.trainable_parameters()
     if cfg.epochs == 0 or not params:
         return []
-    if not train_set.train:
-        raise PromptvizError(f"dataset {train_set.name} has no training images; it is a "
-                             "test-only dataset (e.g. a domain-shifted copy)")
-    if cfg.select == "best_val" and not train_set.val:
-        raise PromptvizError(f"--select best_val needs validation images and {train_set.name} "
-                             "has none; use --select last")
+    _check_can_train(train_set, cfg)
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=train_set.augment)
     precision = resolve_precision(cfg.precision, bb.device)
     optim = make_optimizer(params, cfg)
     scaler = torch.amp.GradScaler(bb.device.type, enabled=precision == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed)
-    transform = train_transform if cfg.augment else clip_transform
-    data = ImageDataset(train_set.train, transform(bb.image_size, bb.mean, bb.std))
-    drop_last = len(data) > cfg.batch_size         # as optimizer_steps counts
-    views = None
-    if cfg.feature_cache and method.cacheable:
-        views = cached_views(method, train_set, data, cfg)
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"acc": -math.inf, "epoch": 0, "state": None}
-    start = 0
-    resume = out / RESUME if out else None
-    if resume is not None and not weights:
-        weights = featcache.weights_fingerprint(bb.model)
-    if resume is not None and resume.is_file():
-        start, history, best = _resume(resume, method, optim, scaler, gen, cfg, weights, best)
+    inputs = TrainingInputs(method, train_set, cfg)     # (x, y) from cache or pixels
+    saved = Resumable(out / RESUME if out else None, method, optim, scaler, gen, cfg, weights)
+    start, history, best = saved.load()
     if start == 0:
-        method.prepare(DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
-    # one bar over the epochs with the last epoch's loss and accuracy (read once an epoch)
+        method.prepare(inputs.images())
     epochs_bar = progress_bar(None, desc=f"{cfg.method} training", enabled=cfg.progress,
                               total=cfg.epochs, initial=start, unit="epoch")
     for epoch in range(start, cfg.epochs):
@@ -259,22 +224,13 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
         sums: dict[str, torch.Tensor] = {}
         correct = seen = 0
         t0 = time.perf_counter()
-        order = torch.randperm(len(data), generator=gen).tolist()   # this epoch's shuffle
-        if views is None:
-            batches = DataLoader(data, batch_size=cfg.batch_size, sampler=order,
-                                 num_workers=cfg.num_workers, drop_last=drop_last)
-        else:
-            batches = cached_batches(views[epoch % len(views)], order, cfg.batch_size, drop_last)
-        steps = optimizer_steps(len(data), cfg.batch_size)
-        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress,
-                           total=steps)
-        for step, (inputs, labels, _) in enumerate(bar):
-            labels = labels.to(bb.device)
+        order = torch.randperm(len(inputs), generator=gen).tolist()  # this epoch's shuffle
+        batches = progress_bar(inputs.epoch(epoch, order), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                               enabled=cfg.progress, total=optimizer_steps(len(inputs),
+                                                                           cfg.batch_size))
+        for step, (x, y) in enumerate(batches):
             with autocast_for(bb.device, precision):
-                if views is None:
-                    loss, logits, terms = method.loss(inputs.to(bb.device), labels)
-                else:
-                    loss, logits, terms = method.loss_from(inputs, labels)
+                loss, logits, terms = method.loss(x, y)
             optim.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optim)
@@ -282,15 +238,10 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
             if step % 10 == 0:                    # on the device: read once per epoch
-                correct = correct + (logits.argmax(-1) == labels).sum()
-                seen += len(labels)
+                correct = correct + (logits.argmax(-1) == y).sum()
+                seen += len(y)
         logs = {k: float(v) / max(step + 1, 1) for k, v in sums.items()}   # one sync per epoch
-        finite = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
-        if not (math.isfinite(logs["loss"]) and finite):
-            what = f"loss became {logs['loss']}" if finite else "weights became NaN or infinite"
-            raise Diverged(
-                f"the training {what} in epoch {epoch + 1}; lower the learning rate "
-                f"(--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
+        _check_finite(logs["loss"], params, epoch, cfg)
         logs.update(epoch=epoch + 1, lr=lr, train_acc=100.0 * float(correct) / max(seen, 1),
                     seconds=time.perf_counter() - t0)
         if cfg.select == "best_val":              # Dassl: test on val after every epoch,
@@ -302,44 +253,55 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
                         "state": {k: v.clone() for k, v in method.trainable_state().items()}}
         history.append(logs)
         epochs_bar.update(1)                      # then drawn once with this epoch's numbers
-        epochs_bar.set_postfix({"loss": f"{logs['loss']:.3f}",
-                                "train acc": f"{logs['train_acc']:.1f}",
-                                **({"val acc": f"{logs['val_acc']:.1f}"} if "val_acc" in logs
-                                   else {})})
+        epochs_bar.set_postfix(_bar_numbers(logs))
         if on_epoch is not None:
             on_epoch(history)
-        if resume is not None:
-            atomic_torch_save({"epoch": epoch + 1, "history": history,
-                               "config": _key(cfg, weights), "state": method.trainable_state(),
-                               "optimizer": optim.state_dict(), "scaler": scaler.state_dict(),
-                               "best": best,
-                               "generator": gen.get_state(),
-                               "torch_rng": torch.get_rng_state(),       # augmentations
-                               "python_rng": random.getstate()}, resume)
+        saved.save(epoch + 1, history, best)
     epochs_bar.close()
     if cfg.select == "best_val" and best["state"] is not None:
         method.load_trainable_state(best["state"])
-    _check_outputs(method, data, views, cfg, precision)
+    _check_outputs(method, inputs, cfg, precision)
     return history
 
 
+def _check_can_train(train_set: Dataset, cfg: TrainConfig) -> None:
+    if not train_set.train:
+        raise PromptvizError(f"dataset {train_set.name} has no training images; it is a "
+                             "test-only dataset (e.g. a domain-shifted copy)")
+    if cfg.select == "best_val" and not train_set.val:
+        raise PromptvizError(f"--select best_val needs validation images and {train_set.name} "
+                             "has none; use --select last")
+
+
+def _check_finite(loss: float, params: list[torch.nn.Parameter], epoch: int,
+                  cfg: TrainConfig) -> None:
+    """Stop a run whose loss or weights are NaN or infinite (one device sync per epoch)."""
+    finite = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+    if not (math.isfinite(loss) and finite):
+        what = f"loss became {loss}" if finite else "weights became NaN or infinite"
+        raise Diverged(
+            f"the training {what} in epoch {epoch + 1}; lower the learning rate "
+            f"(--lr, now {cfg.lr}) or train in fp32 (--precision fp32)")
+
+
+def _bar_numbers(logs: dict[str, float]) -> dict[str, str]:
+    shown = {"loss": f"{logs['loss']:.3f}", "train acc": f"{logs['train_acc']:.1f}"}
+    if "val_acc" in logs:
+        shown["val acc"] = f"{logs['val_acc']:.1f}"
+    return shown
+
+
 @torch.no_grad()
-def _check_outputs(method: Method, data: ImageDataset, views: featcache.Views | None,
-                   cfg: TrainConfig, precision: str) -> None:
+def _check_outputs(method: Method, inputs: TrainingInputs, cfg: TrainConfig,
+                   precision: str) -> None:
     """The trained model's scores on one training batch must be finite: finite weights can
     still overflow inside the text tower (a learning rate of 1e30), and the per-epoch
     checks look at losses computed before each step. Raised before any checkpoint is
     written."""
-    bb = method.backbone
     method.eval()
-    n = min(cfg.batch_size, len(data))
-    with autocast_for(bb.device, precision):
-        if views is None:
-            images, labels, _ = next(iter(DataLoader(data, batch_size=n)))
-            logits = method.logits(images.to(bb.device))
-        else:
-            feats, labels, _ = next(iter(cached_batches(views[0], list(range(n)), n, False)))
-            logits = method.logits_from(feats)
+    x, _ = inputs.first(min(cfg.batch_size, len(inputs)))
+    with autocast_for(method.backbone.device, precision):
+        logits = method.logits(x)
     if not bool(logits.isfinite().all()):
         raise Diverged(
             f"the trained weights give NaN or infinite scores (the text tower overflowed); "
@@ -356,118 +318,6 @@ def selected_epoch(history: list[dict[str, float]], select: str) -> int:
     return int(history[-1]["epoch"])
 
 
-def n_views(cfg: TrainConfig) -> int:
-    """How many views of each training image the feature cache holds: ``cache_views``, at
-    most one per epoch, and one when there is no augmentation (every view would be alike)."""
-    return max(1, min(cfg.cache_views, cfg.epochs)) if cfg.augment else 1
-
-
-@torch.no_grad()
-def encode_views(method: Method, data: ImageDataset, cfg: TrainConfig
-                 ) -> featcache.Views | None:
-    """The frozen image tower on every training image, under ``cache_views`` augmented views
-    (at most one per epoch; one without augmentation, when every view would be the same):
-    what ``method.encode_images(train=True)`` returns, kept in host memory
-    (:class:`featcache.HostFeatures`; :func:`cached_batches` moves one batch at a time to the
-    device), so that a training step costs only the text side and the method's own modules.
-
-    The store's size is estimated from the first encoded chunk; when it would take more than
-    :func:`featcache.host_budget`, nothing more is encoded, a one-line warning says so and
-    the result is ``None``: training then reads the images (the uncached path)."""
-    loader = DataLoader(data, batch_size=cfg.eval_batch_size or 128, shuffle=False,
-                        num_workers=cfg.num_workers)
-    views: featcache.Views = []
-    n = n_views(cfg)
-    with torch.random.fork_rng(devices=[]):      # the views depend on the seed alone
-        torch.manual_seed(cfg.seed)
-        for v in range(n):
-            view = _encode_view(method, loader, cfg, v, fit_views=n if v == 0 else 0)
-            if view is None:
-                return None
-            views.append(view)
-    return views
-
-
-def cache_facts(method: Method, train_set: Dataset, cfg: TrainConfig
-                ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """What a feature-cache entry's key is made of (:func:`featcache.entry_key`): the facts
-    its tensors depend on, library versions included, and the training items."""
-    bb = method.backbone
-    facts = {"format": featcache.FORMAT, "backbone": bb.name,
-             "weights": featcache.backbone_fingerprint(bb.model),
-             "dataset": train_set.name, "shots": cfg.shots, "seed": cfg.seed,
-             "views": n_views(cfg), "augment": cfg.augment, "image_size": bb.image_size,
-             "mean": list(bb.mean), "std": list(bb.std),
-             "precision": resolve_precision(cfg.precision, bb.device),
-             "device": bb.device.type, "versions": featcache.library_versions(),
-             **method.image_key()}
-    if cfg.augment and cfg.num_workers:
-        # worker processes draw the augmentations from their own seeds
-        facts["augment_workers"] = cfg.num_workers
-    items = [(f"{x.impath}\t{_stamp(x.impath)}", int(x.label)) for x in train_set.train]
-    return facts, items
-
-
-def cached_views(method: Method, train_set: Dataset, data: ImageDataset, cfg: TrainConfig
-                 ) -> featcache.Views | None:
-    """``encode_views``, read from the on-disk feature cache (memory-mapped) when an entry
-    with the same key exists, and written there otherwise (``cfg.cache_dir == ""``: memory
-    only). ``None`` when the store would not fit in host memory (see ``encode_views``)."""
-    if cfg.cache_dir == "":
-        return encode_views(method, data, cfg)
-    facts, items = cache_facts(method, train_set, cfg)
-    root, key = featcache.cache_root(cfg.cache_dir), featcache.entry_key(facts, items)
-    views = featcache.load(root, key, method.backbone.device)
-    if views is None:
-        views = encode_views(method, data, cfg)
-        if views is not None:
-            featcache.store(root, key, views, dict(facts, images=len(items)))
-    return views
-
-
-def _stamp(path: str) -> str:
-    """Size and modification time: a dataset rebuilt in place gets new cache entries."""
-    try:
-        st = Path(path).stat()
-    except OSError:
-        raise PromptvizError(f"training image {path} is missing; rebuild or re-download the "
-                             "dataset") from None
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _encode_view(method: Method, loader: DataLoader, cfg: TrainConfig, v: int,
-                 fit_views: int = 0) -> tuple[featcache.HostFeatures, torch.Tensor] | None:
-    """One view, chunk by chunk into host memory (:class:`featcache.ViewBuilder`). With
-    ``fit_views``, once the first chunk is encoded and before anything is allocated, a store
-    of that many views is checked against the host's memory (:func:`featcache.fits`);
-    ``None`` when it would not fit."""
-    bb = method.backbone
-    store = featcache.ViewBuilder(len(loader.dataset), bb.device)
-    for images, y, _ in progress_bar(loader, desc=f"caching view {v + 1}", enabled=cfg.progress):
-        with autocast_for(bb.device, cfg.precision):
-            feats = method.encode_images(images.to(bb.device), train=True)
-            autocast = featcache.autocast_dtype(bb.device)
-        if not store.tensors:
-            store.describe(feats, autocast)
-            if fit_views and not featcache.fits(store.bytes_per_image, store.n, fit_views):
-                return None
-            store.allocate()
-        store.add(feats, y)
-    return store.view()
-
-
-def cached_batches(view: tuple[dict[str, torch.Tensor], torch.Tensor], order: list[int],
-                   batch_size: int, drop_last: bool):
-    """Batches of cached features, visiting the images in ``order`` (as the image path does):
-    ``(features, labels, indices)`` on the training device, one batch moved from host memory
-    at a time (:func:`featcache.batches`). A view of plain tensors (no
-    :class:`featcache.HostFeatures`) is read where its tensors are."""
-    feats, labels = view
-    if not isinstance(feats, featcache.HostFeatures):
-        feats = featcache.HostFeatures(feats, next(iter(feats.values())).device)
-    return featcache.batches(feats, labels, order, batch_size, drop_last)
-
-
 def _key(cfg: TrainConfig, weights: str) -> dict[str, Any]:
     """The parts of the config, and the backbone's weights, that must match for a resume
     to be valid."""
@@ -477,22 +327,50 @@ def _key(cfg: TrainConfig, weights: str) -> dict[str, Any]:
     return {**d, "weights": weights}
 
 
-def _resume(path: Path, method: Method, optim: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, gen: torch.Generator, cfg: TrainConfig, weights: str,
-            best: dict[str, Any]) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
-    saved = load_state(path)
-    if saved.get("config") != _key(cfg, weights):
-        print(f"{path} was written with other settings or backbone weights; training from "
-              "scratch")
-        return 0, [], best
-    method.load_trainable_state(saved["state"])
-    optim.load_state_dict(saved["optimizer"])      # moves its state to the parameters' device
-    scaler.load_state_dict(saved["scaler"])
-    gen.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    random.setstate(saved["python_rng"])
-    print(f"resuming from epoch {saved['epoch']} ({path})")
-    return int(saved["epoch"]), list(saved["history"]), saved["best"]
+class Resumable:
+    """A run's state after every epoch in ``path`` (``out/resume.pt``; ``None``: not kept),
+    keyed on the config and the backbone's weights (``weights``: the backbone's
+    :func:`featcache.weights_fingerprint`, computed here when not given): method, optimiser,
+    scaler, shuffle generator and random states, history and the best epoch so far."""
+
+    def __init__(self, path: Path | None, method: Method, optim: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, gen: torch.Generator, cfg: TrainConfig,
+                 weights: str = "") -> None:
+        self.path, self.method, self.optim, self.scaler, self.gen = path, method, optim, scaler, gen
+        if path is not None and not weights:
+            weights = featcache.weights_fingerprint(method.backbone.model)
+        self.key = _key(cfg, weights)
+
+    def load(self) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
+        """``(epochs done, history, best)`` of a matching saved state, restored into the
+        method, optimiser and generators; ``(0, [], no best)`` when there is none."""
+        fresh: dict[str, Any] = {"acc": -math.inf, "epoch": 0, "state": None}
+        if self.path is None or not self.path.is_file():
+            return 0, [], fresh
+        saved = load_state(self.path)
+        if saved.get("config") != self.key:
+            print(f"{self.path} was written with other settings or backbone weights; training "
+                  "from scratch")
+            return 0, [], fresh
+        self.method.load_trainable_state(saved["state"])
+        self.optim.load_state_dict(saved["optimizer"])  # moves its state to the params' device
+        self.scaler.load_state_dict(saved["scaler"])
+        self.gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+        print(f"resuming from epoch {saved['epoch']} ({self.path})")
+        return int(saved["epoch"]), list(saved["history"]), saved["best"]
+
+    def save(self, epoch: int, history: list[dict[str, float]], best: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        atomic_torch_save({"epoch": epoch, "history": history, "config": self.key,
+                           "state": self.method.trainable_state(),
+                           "optimizer": self.optim.state_dict(),
+                           "scaler": self.scaler.state_dict(), "best": best,
+                           "generator": self.gen.get_state(),
+                           "torch_rng": torch.get_rng_state(),          # augmentations
+                           "python_rng": random.getstate()}, self.path)
 
 
 def protocol_predictions(method: Method, eval_sets: dict[str, Dataset], cfg: TrainConfig

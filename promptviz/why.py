@@ -117,7 +117,7 @@ def explain(methods: Mapping[str, Method], halves: Mapping[str, Dataset], per_ha
             d = halves[h]
             m.set_classnames(list(d.classnames), d.template)
             m.eval()
-            logits += list(m.logits(x).float().cpu().numpy())
+            logits += list(m(x).float().cpu().numpy())
             hm, mk, why.looked[label] = looked_at(m, x, k)
             heat.append(hm)
             marked += mk

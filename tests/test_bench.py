@@ -24,6 +24,11 @@ from promptviz.cli import main
 from promptviz.methods import build_method
 from promptviz.train import TrainConfig, run
 
+
+def _loss(m, images, labels):
+    """One training loss from pixels: ``loss(inputs(images, train=True), labels)``."""
+    return m.loss(m.inputs(images, train=True), labels)
+
 TINY = ["--backbone", "pv-tiny", "--classes", "5", "--steps", "1", "--warmup", "1",
         "--batch-size", "4", "--eval-batch-size", "4", "--quiet"]
 PHASE_KEYS = {"images_per_s", "seconds", "peak_mib"}
@@ -144,13 +149,13 @@ def test_default_paths_do_not_ask_attention_weights(tiny_clip):
     for name in ("zeroshot", "coop", "kgcoop", "cocoop", "sep"):
         method = build_method(name, tiny_clip, names, "a photo of a {}.")
         with count_attention() as counts:
-            method.logits(images)
+            method(images)
             if method.trainable_parameters():
-                method.loss(images, labels)
+                _loss(method, images, labels)
         assert counts["mha_calls"] > 0 and counts["need_weights_calls"] == 0, name
     refiner = build_method("textrefiner", tiny_clip, names, "a photo of a {}.")
     with count_attention() as counts:
-        refiner.encode_images(images, train=True)
+        refiner.inputs(images, train=True)
     assert counts["need_weights_calls"] == 1
 
 
@@ -163,7 +168,7 @@ def test_text_once_per_evaluation_is_exact(tiny_clip, name):
     images = torch.randn(3, 3, tiny_clip.image_size, tiny_clip.image_size)
     with torch.no_grad():
         text = None if method.text_depends_on_image else method.text_features()
-        assert torch.equal(method.logits(images, text), method.logits(images))
+        assert torch.equal(method(images, text), method(images))
 
 
 # --------------------------------------------- the feature cache on a ToyWorld run
@@ -198,15 +203,16 @@ def test_toyworld_trains_without_augmentation_unless_asked(toyworld_root, tmp_pa
                                                            monkeypatch):
     """A ToyWorld card says "augment": false (a crop or a mirror changes position, size
     and orientation, which its labels are about); a run follows it unless told otherwise."""
-    import promptviz.train as tr
+    from promptviz.inputs import TrainingInputs, n_views
     seen = []
-    original = tr.encode_views
+    original = TrainingInputs.encode_views
 
-    def spy(method, data, cfg):
-        seen.append((cfg.augment, tr.n_views(cfg), type(data.transform.transforms[1]).__name__))
-        return original(method, data, cfg)
+    def spy(self):
+        seen.append((self.cfg.augment, n_views(self.cfg),
+                     type(self.data.transform.transforms[1]).__name__))
+        return original(self)
 
-    monkeypatch.setattr(tr, "encode_views", spy)
+    monkeypatch.setattr(TrainingInputs, "encode_views", spy)
     cfg = dict(method="coop", backbone="pv-tiny", dataset="toy_textures", cache_dir="",
                data_root=str(toyworld_root), shots=4, epochs=2, batch_size=4, progress=False)
     r = run(TrainConfig(out=str(tmp_path / "a"), **cfg))

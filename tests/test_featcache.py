@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import promptviz
-import promptviz.train as tr
+import promptviz.inputs as pv_inputs
 from promptviz import featcache
 from promptviz.cli import main
+from promptviz.inputs import TrainingInputs
 from promptviz.train import TrainConfig, run
 
 
@@ -36,7 +37,7 @@ def test_second_run_reads_the_cache_and_trains_identically(tiny_root, tmp_path, 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the image tower ran although the features were cached")
 
-    monkeypatch.setattr("promptviz.train.encode_views", no_encoding)
+    monkeypatch.setattr(TrainingInputs, "encode_views", no_encoding)
     second = run(_cfg(tiny_root, tmp_path / "b", cache))
     assert (first["base_acc"], first["new_acc"]) == (second["base_acc"], second["new_acc"])
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in "ab")
@@ -131,7 +132,7 @@ def test_no_feature_cache_flag_trains_without_one(tiny_root, tmp_path, monkeypat
     def no_cache(*args, **kwargs):
         raise AssertionError("--no-feature-cache still built the cache")
 
-    monkeypatch.setattr("promptviz.train.cached_views", no_cache)
+    monkeypatch.setattr(TrainingInputs, "cached_views", no_cache)
     assert main(["train", "--method", "coop", "--backbone", "pv-tiny", "--dataset", "dtd",
                  "--data-root", str(tiny_root), "--shots", "2", "--epochs", "1",
                  "--out", str(tmp_path / "run"), "--no-feature-cache", "--quiet"]) == 0
@@ -156,23 +157,23 @@ def test_key_changes_with_library_versions(tiny_root, tiny_clip, module, attr, m
     ds = load_dataset("dtd", str(tiny_root))
     method = build_method("coop", tiny_clip, ds.classnames, ds.template)
     cfg = _cfg(tiny_root, "unused", "unused").resolved()
-    before = featcache.entry_key(*tr.cache_facts(method, ds, cfg))
-    assert featcache.entry_key(*tr.cache_facts(method, ds, cfg)) == before      # stable
+    before = featcache.entry_key(*pv_inputs.cache_facts(method, ds, cfg))
+    assert featcache.entry_key(*pv_inputs.cache_facts(method, ds, cfg)) == before      # stable
     monkeypatch.setattr(module, attr, getattr(module, attr) + ".post1")
-    assert featcache.entry_key(*tr.cache_facts(method, ds, cfg)) != before
+    assert featcache.entry_key(*pv_inputs.cache_facts(method, ds, cfg)) != before
 
 
 # ------------------------------------------------------------ the store in host memory (§2.3)
 def _spy_views(monkeypatch):
-    """Record what ``cached_views`` hands to the training loop."""
+    """Record what ``TrainingInputs.cached_views`` hands to the training loop."""
     seen = []
-    original = tr.cached_views
+    original = TrainingInputs.cached_views
 
-    def spy(*args, **kwargs):
-        seen.append(original(*args, **kwargs))
+    def spy(self):
+        seen.append(original(self))
         return seen[-1]
 
-    monkeypatch.setattr(tr, "cached_views", spy)
+    monkeypatch.setattr(TrainingInputs, "cached_views", spy)
     return seen
 
 
@@ -195,7 +196,7 @@ def test_textrefiner_store_is_on_the_host_narrow_only_where_exact(tiny_root, tmp
     assert {k: t.dtype for k, t in feats.items()} == {
         "f": torch.float32, "tokens": narrow, "attn": torch.float32}
     assert set(feats.dtypes.values()) == {torch.float32}       # handed back as computed
-    [(batch, _, _)] = list(tr.cached_batches(views[0], [0, 1, 2], 3, False))
+    [(batch, _, _)] = list(pv_inputs.cached_batches(views[0], [0, 1, 2], 3, False))
     assert {k: t.dtype for k, t in batch.items()} == dict.fromkeys(feats, torch.float32)
     assert torch.equal(batch["tokens"], feats["tokens"][:3].float())
     torch.manual_seed(0)
@@ -235,7 +236,7 @@ def test_only_one_batch_at_a_time_reaches_the_device():
     assert feats["tokens"].dtype == torch.bfloat16 and feats["f"].dtype == torch.float32
     assert torch.equal(feats["f"], torch.cat([c["f"] for c in chunks]))
     with _DeviceTensors() as seen:
-        got = list(tr.cached_batches((feats, labels), list(range(n))[::-1], batch, False))
+        got = list(pv_inputs.cached_batches((feats, labels), list(range(n))[::-1], batch, False))
     assert [len(f["tokens"]) for f, _, _ in got] == [3, 3, 3, 1]
     assert all(f["tokens"].device.type == "meta" and f["tokens"].dtype == torch.float32
                for f, _, _ in got)

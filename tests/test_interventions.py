@@ -141,7 +141,7 @@ def test_table_untouched_row_is_the_evaluation(name, tiny_clip, tiny_root):
     from promptviz.data import load_images
     images = load_images(ds.test, tiny_clip.image_size, tiny_clip.mean, tiny_clip.std)
     with torch.no_grad():
-        own = torch.cat([m.logits(images[i:i + 3]) for i in range(0, len(images), 3)]).argmax(-1)
+        own = torch.cat([m(images[i:i + 3]) for i in range(0, len(images), 3)]).argmax(-1)
     assert len(set(own.tolist())) > 1                       # the check below can fail
     (row,) = intervention_table(m, images, ds.classnames, ds.template, batch_size=3, labels=own)
     assert row["acc"] == 100.0

@@ -10,6 +10,11 @@ from promptviz.errors import PromptvizError
 from promptviz.methods import build_method, nearest_words
 from promptviz.methods.base import zero_shot_text_features
 
+
+def _loss(m, images, labels):
+    """One training loss from pixels: ``loss(inputs(images, train=True), labels)``."""
+    return m.loss(m.inputs(images, train=True), labels)
+
 NAMES = ["red star", "blue circle", "green heart", "big_yellow_square"]
 TEMPLATE = "a photo of a {}."
 
@@ -31,7 +36,7 @@ def test_coop_with_template_init_equals_zero_shot(tiny_clip):
 def test_shapes_and_gradients_reach_only_trainable(tiny_clip, method):
     m = build_method(method, tiny_clip, NAMES, TEMPLATE)
     images, labels = _batch()
-    loss, logits, terms = m.loss(images, labels)
+    loss, logits, terms = _loss(m, images, labels)
     assert logits.shape == (4, len(NAMES)) and loss.ndim == 0 and "ce" in terms
     if method == "zeroshot":
         assert m.trainable_parameters() == []
@@ -70,11 +75,11 @@ def test_set_classnames_changes_candidates(tiny_clip):
 
 def test_kgcoop_term_zero_at_template_init(tiny_clip):
     m = build_method("kgcoop", tiny_clip, NAMES, TEMPLATE)
-    _, _, terms = m.loss(*_batch())
+    _, _, terms = _loss(m, *_batch())
     assert abs(float(terms["kg"])) < 1e-6
     with torch.no_grad():
         m.prompt.ctx.add_(torch.randn_like(m.prompt.ctx))
-    _, _, terms = m.loss(*_batch())
+    _, _, terms = _loss(m, *_batch())
     assert float(terms["kg"]) > 1e-3
 
 
@@ -84,8 +89,8 @@ def test_cocoop_text_depends_on_image(tiny_clip):
     images, _ = _batch(3)
     with torch.no_grad():
         m.meta_net[-1].weight.normal_(0, 0.5)
-        full = m.logits(images)
-        one = m.logits(images[1:2])
+        full = m(images)
+        one = m(images[1:2])
     assert torch.allclose(full[1:2], one, atol=1e-5)     # per-image, batch-independent
     assert full.shape == (3, len(NAMES))
 
@@ -135,7 +140,7 @@ def test_checkpoint_round_trip_identical_logits(tmp_path, tiny_clip, method):
     fresh = build_method(method, tiny_clip, NAMES, TEMPLATE)
     fresh.load_trainable_state(state)
     with torch.no_grad():
-        assert torch.equal(fresh.logits(images), m.logits(images))
+        assert torch.equal(fresh(images), m(images))
 
 
 def test_checkpoint_of_other_shape_is_refused(tmp_path, tiny_clip):

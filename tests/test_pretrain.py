@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from promptviz.backbone import load_clip
-from promptviz.pretrain import PretrainConfig, lr_at, pretrain
+from promptviz.pretrain import PretrainConfig, pretrain, step_lr
 from promptviz.toyworld.world import SHAPES as SHAPES_
 
 
@@ -92,8 +92,8 @@ def test_warm_start_then_contrastive(tmp_path):
 
 def test_schedule():
     cfg = PretrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=0.0)
-    assert lr_at(0, cfg) == 1e-4 and lr_at(9, cfg) == 1e-3
-    assert abs(lr_at(55, cfg) - 5e-4) < 1e-9 and lr_at(99, cfg) < 1e-5
+    assert step_lr(0, cfg) == 1e-4 and step_lr(9, cfg) == 1e-3
+    assert abs(step_lr(55, cfg) - 5e-4) < 1e-9 and step_lr(99, cfg) < 1e-5
 
 
 def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):

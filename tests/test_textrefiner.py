@@ -14,6 +14,11 @@ from promptviz.errors import PromptvizError
 from promptviz.methods import build_method
 from promptviz.methods.textrefiner import cache_write
 
+
+def _loss(m, images, labels):
+    """One training loss from pixels: ``loss(inputs(images, train=True), labels)``."""
+    return m.loss(m.inputs(images, train=True), labels)
+
 NAMES = ["red star", "blue circle", "green heart", "big_yellow_square"]
 TEMPLATE = "a photo of a {}."
 
@@ -43,7 +48,7 @@ def test_shapes(tiny_clip):
     with torch.no_grad():
         text = m.text_features()
         assert text.shape == (len(NAMES), d)
-        assert m.logits(images, text).shape == (3, len(NAMES))
+        assert m(images, text).shape == (3, len(NAMES))
         w = m.read_weights()
         local = m.local_tokens(images)
     assert w.shape == (len(NAMES), 25) and torch.allclose(w.sum(-1), torch.ones(len(NAMES)))
@@ -62,7 +67,7 @@ def test_other_layer_reads_that_blocks_tokens(tiny_clip):
     a, b = last.local_tokens(images), mid.local_tokens(images)
     assert a["tokens"].shape == b["tokens"].shape
     assert not torch.allclose(a["cls_attention"], b["cls_attention"])
-    assert torch.isfinite(mid.train().loss(*_batch())[0])
+    assert torch.isfinite(_loss(mid.train(), *_batch())[0])
 
 
 def test_cache_write_hand_computed():
@@ -104,20 +109,20 @@ def test_write_in_training_only(tiny_clip):
     m = _refiner(tiny_clip).train()
     images, labels = _batch()
     before = m.cache.clone()
-    m.loss(images, labels)
+    _loss(m, images, labels)
     assert not torch.equal(m.cache, before)
     assert "cache" in dict(m.named_buffers())                   # still a registered buffer
     m.eval()
     after = m.cache.clone()
     with torch.no_grad():
-        m.logits(images)
-        m.loss(images, labels)                                  # no write outside training
+        m(images)
+        _loss(m, images, labels)                                  # no write outside training
     assert torch.equal(m.cache, after)
 
 
 def test_gradients(tiny_clip):
     m = _refiner(tiny_clip).train()
-    loss, logits, terms = m.loss(*_batch())
+    loss, logits, terms = _loss(m, *_batch())
     assert set(terms) == {"ce", "local", "reg"} and all(not v.requires_grad for v in terms.values())
     loss.backward()
     assert all(p.grad is None for p in tiny_clip.parameters())     # both towers frozen
@@ -128,20 +133,20 @@ def test_gradients(tiny_clip):
 
 def test_text_once_per_evaluation_equals_per_batch(tiny_clip):
     m = _refiner(tiny_clip)
-    m.loss(*_batch())                                            # a written, non-initial cache
+    _loss(m, *_batch())                                            # a written, non-initial cache
     m.eval()
     with torch.no_grad():
         text = m.text_features()                                 # once
         for seed in (2, 3):
             images, _ = _batch(seed=seed)
-            assert torch.equal(m.logits(images, text), m.logits(images))   # vs per batch
+            assert torch.equal(m(images, text), m(images))   # vs per batch
         assert torch.equal(m.text_features(), text)
 
 
 def test_checkpoint_round_trip_with_cache(tmp_path, tiny_clip):
     m = _refiner(tiny_clip)
     for seed in (1, 2):
-        m.loss(*_batch(seed=seed))                               # moves the cache and BN stats
+        _loss(m, *_batch(seed=seed))                               # moves the cache and BN stats
     with torch.no_grad():
         for p in m.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -155,7 +160,7 @@ def test_checkpoint_round_trip_with_cache(tmp_path, tiny_clip):
     images, _ = _batch(seed=3)
     with torch.no_grad():
         assert torch.equal(fresh.cache, m.cache)
-        assert torch.equal(fresh.logits(images), m.logits(images))
+        assert torch.equal(fresh(images), m(images))
         assert torch.equal(fresh.local_tokens(images)["slot"], m.local_tokens(images)["slot"])
 
 
@@ -163,7 +168,7 @@ def test_kgcoop_base_adds_its_term(tiny_clip):
     m = _refiner(tiny_clip, base_method="kgcoop", kg_weight=3.0)
     with torch.no_grad():
         m.base.prompt.ctx.add_(torch.randn_like(m.base.prompt.ctx))
-    loss, _, terms = m.loss(*_batch())
+    loss, _, terms = _loss(m, *_batch())
     assert float(terms["kg"]) > 1e-3
     expected = terms["ce"] + terms["local"] / 50.0 + 20.0 * terms["reg"] + 3.0 * terms["kg"]
     assert torch.allclose(loss.detach(), expected, atol=1e-5)
@@ -211,7 +216,7 @@ def test_read_temperature_sharpens_the_read(tiny_clip):
 
 def _one_step(tiny_clip, **options):
     m = _refiner(tiny_clip, **options).train()
-    loss, _, terms = m.loss(*_batch())
+    loss, _, terms = _loss(m, *_batch())
     loss.backward()
     assert torch.isfinite(loss)
     return m, terms

@@ -57,7 +57,7 @@ def _interrupted(cfg: dict, out, monkeypatch, at: int = 5) -> None:
     """Run ``cfg`` into ``out`` and stop it at its ``at``-th step (3 steps per epoch: the 5th
     is in the second epoch, after ``resume.pt`` of epoch 1 was written)."""
     calls = {"n": 0}
-    original = CoOp.loss_from
+    original = CoOp.loss
 
     def flaky(self, feats, labels):
         calls["n"] += 1
@@ -65,25 +65,25 @@ def _interrupted(cfg: dict, out, monkeypatch, at: int = 5) -> None:
             raise KeyboardInterrupt
         return original(self, feats, labels)
 
-    monkeypatch.setattr(CoOp, "loss_from", flaky)
+    monkeypatch.setattr(CoOp, "loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         run(TrainConfig(out=str(out), **cfg))
-    monkeypatch.setattr(CoOp, "loss_from", original)
+    monkeypatch.setattr(CoOp, "loss", original)
     assert (out / "resume.pt").is_file() and not (out / "results.json").exists()
 
 
 def _counted_run(cfg: dict, out, monkeypatch) -> tuple[dict, int]:
     """``run`` that also counts the training steps it takes."""
     calls = {"n": 0}
-    original = CoOp.loss_from
+    original = CoOp.loss
 
     def counted(self, feats, labels):
         calls["n"] += 1
         return original(self, feats, labels)
 
-    monkeypatch.setattr(CoOp, "loss_from", counted)
+    monkeypatch.setattr(CoOp, "loss", counted)
     res = run(TrainConfig(out=str(out), **cfg))
-    monkeypatch.setattr(CoOp, "loss_from", original)
+    monkeypatch.setattr(CoOp, "loss", original)
     return res, calls["n"]
 
 

@@ -758,7 +758,7 @@ def looks_like_path(name: str) -> bool:
             or Path(name).is_absolute())
 
 
-def _find_folder(root: Path, spec: DatasetSpec) -> Path | None:
+def find_folder(root: Path, spec: DatasetSpec) -> Path | None:
     """``root/<CoOp folder>``, or a folder whose name is an alias (``DTD``, ``Food101``)."""
     if (root / spec.folder).is_dir():
         return root / spec.folder
@@ -826,7 +826,7 @@ def _load_dataset(name: str, data_root: str | Path | None) -> Dataset:
     if (root / name / CARD_FILE).is_file():
         return _load_card(root / name)
     if spec is not None:
-        folder = _find_folder(root, spec)
+        folder = find_folder(root, spec)
         if folder is None:
             found = _first(_list_dirs(root), 10) or "nothing"
             where = f"{root / spec.folder}/{spec.image_dir}".rstrip("/")

@@ -121,6 +121,15 @@ class ImageDataset(torch.utils.data.Dataset):
         return image, sample.label, index
 
 
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+              ) -> torch.Tensor:
+    """``[B, 3, H, W]`` images in [0, 1] normalised with a model's ``mean`` and ``std`` (what
+    :func:`clip_transform`'s last step does, for batches rendered as tensors)."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
 def load_images(samples: Sequence[Sample], image_size: int, mean: Sequence[float],
                 std: Sequence[float]) -> torch.Tensor:
     """``samples`` read and preprocessed with :func:`clip_transform`, stacked ``[N, 3, S, S]``

@@ -7,6 +7,7 @@ from typing import Any
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods.base import Method, TrainDefaults, parse_options
+from promptviz.methods.clip_adapter import CLIPAdapter
 from promptviz.methods.cocoop import CoCoOp
 from promptviz.methods.coop import CoOp, nearest_words
 from promptviz.methods.kgcoop import KgCoOp
@@ -15,7 +16,7 @@ from promptviz.methods.textrefiner import TextRefiner
 from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP)}
+    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter)}
 
 
 def method_class(name: str) -> type[Method]:
@@ -33,4 +34,5 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], template:
 
 
 __all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "method_class",
-           "nearest_words", "CoOp", "CoCoOp", "KgCoOp", "SEP", "TextRefiner", "ZeroShot"]
+           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "KgCoOp", "SEP", "TextRefiner",
+           "ZeroShot"]

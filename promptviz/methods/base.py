@@ -4,14 +4,19 @@ A method is a small ``nn.Module`` around a frozen :class:`~promptviz.backbone.Ba
 
 * ``text_features()`` — the ``[C, d]`` class embeddings (L2-normalised) for the
   current class names, when they do not depend on the image (``None`` otherwise);
-* ``logits(images, text)`` — ``[B, C]`` class scores; ``text`` is the output of
+* ``logits(x, text)`` — ``[B, C]`` class scores; ``text`` is the output of
   ``text_features()`` computed once per evaluation, so text is not re-encoded
   for every test batch;
-* ``loss(images, labels)`` — the training objective, returning the loss, the
+* ``loss(x, labels)`` — the training objective, returning the loss, the
   logits (for training accuracy) and a dict of named terms for logging;
 * ``set_classnames(names, template)`` — switch the class list (base → novel);
 * ``trainable_state()`` / ``load_trainable_state()`` — what a checkpoint holds:
   the parameters that train plus any non-gradient state (TextRefiner's cache).
+
+``x`` is what the method reads from an image, as its ``image_input`` declares
+(:mod:`promptviz.inputs`): the frozen tower's features (computed once and cached by
+training, with no code in the method) or the pixels. ``method(images)`` gives the logits
+from pixels.
 
 Each method has its own plain ``@dataclass`` of options; ``key=value``
 overrides from the command line are applied by :func:`parse_options`.
@@ -29,6 +34,7 @@ from torch import Tensor, nn
 
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
+from promptviz.inputs import FrozenFeatures, ImageInput
 
 SELECTIONS = ("last", "best_val")
 
@@ -57,13 +63,18 @@ class TrainDefaults:
 
 
 class Method(nn.Module):
-    """Base class: zero-shot-style image features and cosine logits."""
+    """Base class: the frozen image feature against the class embeddings, cosine logits.
+
+    ``x`` is what the method reads from an image, declared by :attr:`image_input`
+    (:mod:`promptviz.inputs`): the frozen tower's features by default, the pixels for a
+    method that changes the image tower (SEP). The data side makes ``x`` (from pixels, or
+    from the training feature cache); the method only computes with it."""
 
     name: ClassVar[str] = "method"
     Options: ClassVar[type] = type(None)
     defaults: ClassVar[TrainDefaults] = TrainDefaults()
     text_depends_on_image: ClassVar[bool] = False
-    cacheable: ClassVar[bool] = True        # the image side is frozen (not for SEP)
+    image_input: ImageInput = FrozenFeatures()      # what x is: {"f": norm(f_img)}
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str,
                  options: Any = None) -> None:
@@ -80,44 +91,32 @@ class Method(nn.Module):
     def text_features(self) -> Tensor | None:
         raise NotImplementedError
 
-    def image_features(self, images: Tensor) -> Tensor:
-        """Frozen CLIP image features, normalised: ``norm(f_img)``."""
-        with torch.no_grad():
-            return self.backbone.encode_image(images, normalize=True)
-
-    # The image side of every method but SEP is the frozen tower: ``encode_images`` is all
-    # a step needs from the pixels, so training can encode each image once and reuse the
-    # result (``cacheable``); ``logits`` and ``loss`` are ``*_from(encode_images(...))``.
-    def encode_images(self, images: Tensor, train: bool = False) -> dict[str, Tensor]:
-        """What the method needs from the frozen image tower: ``{"f": norm(f_img)}``.
-        ``train=True`` asks for what the training loss needs too (TextRefiner's tokens)."""
-        return {"f": self.image_features(images)}
-
-    def image_key(self) -> dict[str, Any]:
-        """What ``encode_images(train=True)`` reads from the tower, for the on-disk feature
-        cache's key: methods that read the same share cached features (CoOp, KgCoOp)."""
-        return {"features": "f"}
-
-    def logits_from(self, feats: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
-        """``s · norm(f_img) @ norm(t)ᵀ`` (every method's logits unless it says otherwise)."""
+    def logits(self, x: Any, text: Tensor | None = None) -> Tensor:
+        """``s · norm(f_img) @ norm(t)ᵀ`` (every method's logits unless it says otherwise);
+        pass ``text = text_features()`` to reuse it across batches."""
         text = self.text_features() if text is None else text
-        f = feats["f"]
+        f = x["f"]
         return self.backbone.logit_scale * f @ text.t().to(f.dtype)
 
-    def loss_from(self, feats: dict[str, Tensor], labels: Tensor
-                  ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def loss(self, x: Any, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The training objective: the loss, the logits (for training accuracy) and the named
+        terms (for logging). Cross-entropy plus :meth:`extra_loss` by default."""
         text = self.text_features()
-        logits = self.logits_from(feats, text)
+        logits = self.logits(x, text)
         ce = F.cross_entropy(logits, labels)
         extra, terms = self.extra_loss(text)
         loss = ce + extra
         return loss, logits, {"ce": ce.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def logits(self, images: Tensor, text: Tensor | None = None) -> Tensor:
-        return self.logits_from(self.encode_images(images), text)
+    # -- from pixels -----------------------------------------------------------
+    def inputs(self, images: Tensor, train: bool = False) -> Any:
+        """``x`` for ``images`` (the data side, :attr:`image_input`); ``train=True`` asks for
+        what :meth:`loss` reads too (TextRefiner's tokens)."""
+        return self.image_input(self.backbone, images, train)
 
-    def loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        return self.loss_from(self.encode_images(images, train=True), labels)
+    def forward(self, images: Tensor, text: Tensor | None = None) -> Tensor:
+        """Logits from pixels: ``method(images)`` is ``logits(inputs(images))``."""
+        return self.logits(self.inputs(images), text)
 
     @classmethod
     def dataset_options(cls, dataset: str) -> dict[str, Any]:

@@ -59,8 +59,8 @@ class CoCoOp(CoOp):
             return None
         return super().text_features(ctx)
 
-    def logits_from(self, feats: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
-        f = feats["f"]                                           # [B, d], normalised
+    def logits(self, x: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
+        f = x["f"]                                               # [B, d], normalised
         ctx = self.prompt.ctx + self.meta_net(f.to(self.meta_net[0].weight.dtype))[:, None]
         rows = []                                                # v_m(x) = v_m + π(x)
         for i in range(0, len(f), self.options.images_per_chunk):

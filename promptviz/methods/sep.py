@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from promptviz.backbone import ActivationCache, Backbone, Hook
 from promptviz.errors import PromptvizError
+from promptviz.inputs import FrozenFeatures, Pixels
 from promptviz.methods.base import Method, TrainDefaults, zero_shot_text_features
 from promptviz.methods.coop import PromptLearner
 
@@ -192,7 +193,7 @@ def cls_attention_scores(backbone: Backbone, layer: int, x: Tensor, n: int) -> T
 class SEP(Method):
     name = "sep"
     Options = SEPOptions
-    cacheable = False            # the prompted image pass depends on trainable parameters
+    image_input = Pixels()       # x = the images: the prompted image pass depends on the prompts
     defaults = TrainDefaults(  # configs/trainers/SEP/*.yaml and scripts/ of the authors
         epochs=50, lr=0.0025, optimizer="adam", batch_size=32, adam_eps=1e-3,
         eval_batch_size=500,
@@ -326,6 +327,10 @@ class SEP(Method):
         if self.options.ensemble:
             t = F.normalize(t + self.t0, dim=-1)                  # t̂ = norm(norm(t) + t0)
         return t
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """The frozen, un-prompted image feature ``norm(f_frozen)`` ``[B, d]`` (no grad)."""
+        return FrozenFeatures()(self.backbone, images)["f"]
 
     def fused_image_features(self, images: Tensor, frozen: bool = True
                              ) -> tuple[Tensor, Tensor | None]:

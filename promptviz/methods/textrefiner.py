@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptviz.backbone import ActivationCache, Backbone
+from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
+from promptviz.inputs import FrozenFeatures
 from promptviz.methods.base import Method, TrainDefaults
-from promptviz.methods.kgcoop import KgCoOpOptions
+from promptviz.methods.coop import CoOp
+from promptviz.methods.kgcoop import KgCoOp, KgCoOpOptions
 
-BASES = ("coop", "kgcoop")  # wrappable: text-prompt methods with image-independent text
+BASE_CLASSES = {"coop": CoOp, "kgcoop": KgCoOp}  # wrappable: image-independent text prompts
+BASES = tuple(BASE_CLASSES)
 CHOICES = {"local_text": ("unrefined", "refined"), "local_tokens": ("cls_topk_mean", "topk"),
            "write_tokens": ("all", "patches"), "cache_update": ("momentum", "gradient")}
 
@@ -112,6 +114,7 @@ class TextRefiner(Method):
         if not 1 <= o.topk <= n_patches:
             raise PromptvizError(f"topk={o.topk}; choose 1 to {n_patches} (the patch count)")
         self.layer = o.layer % n_layers
+        self.image_input = FrozenFeatures(tokens_layer=self.layer)     # x: f, tokens, attn
         self.base = self._build_base(backbone, classnames, template)   # yields t
         d = backbone.embed_dim
         self.align = feature_alignment(d).to(backbone.device)          # training only
@@ -127,7 +130,6 @@ class TextRefiner(Method):
         self.set_classnames(classnames, template)
 
     def _build_base(self, backbone: Backbone, classnames: list[str], template: str) -> Method:
-        from promptviz.methods import METHODS  # late: the registry imports this module
         o = self.options
         if o.base_method == "cocoop":
             raise PromptvizError(
@@ -136,7 +138,7 @@ class TextRefiner(Method):
                 f"one of {list(BASES)}")
         if o.base_method not in BASES:
             raise PromptvizError(f"base_method={o.base_method!r}; choose one of {list(BASES)}")
-        cls = METHODS[o.base_method]
+        cls = BASE_CLASSES[o.base_method]
         ours = {f.name for f in dataclasses.fields(o)}
         kwargs = {f.name: getattr(o, f.name) for f in dataclasses.fields(cls.Options)
                   if f.name in ours}
@@ -188,13 +190,8 @@ class TextRefiner(Method):
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One frozen image pass: ``norm(f_img)`` ``[B, d]``, the block's tokens through
         ``ln_post``+``proj`` ``[B, N, d]`` and its CLS→patch attention ``[B, N−1]``."""
-        last = self.layer == self.backbone.info.vision_layers - 1
-        cache = ActivationCache(attn_layers=[self.layer], keep_resid=not last)
-        with torch.no_grad():
-            f = self.backbone.encode_image(images, cache=cache, normalize=True)
-            tokens = cache["vis_proj"] if last else \
-                self.backbone.project_visual_tokens(cache["vis_resid", self.layer + 1])
-        return f.float(), tokens.float(), cache.cls_attention(self.layer).float()
+        x = self.inputs(images, train=True)
+        return x["f"], x["tokens"], x["attn"]
 
     def aligned(self, tokens: Tensor) -> Tensor:
         """The feature-alignment MLP on every token, BatchNorm over the B·N tokens: ``x``."""
@@ -222,32 +219,24 @@ class TextRefiner(Method):
         return {"tokens": x, "cls_attention": attn, "topk": top, "slot": slot}
 
     # -- the interface ----------------------------------------------------------------
-    def encode_images(self, images: Tensor, train: bool = False) -> dict[str, Tensor]:
-        """``{"f"}`` for inference; training also needs the local tokens and CLS attention."""
-        if not train:
-            return {"f": self.image_features(images).float()}
-        f, tokens, attn = self.encode(images)
-        return {"f": f, "tokens": tokens, "attn": attn}
-
-    def image_key(self) -> dict[str, Any]:
-        return {"features": "f+tokens+attn", "layer": self.layer}
-
-    def logits_from(self, feats: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
+    # x: {"f"} for inference; training also reads the block's tokens and CLS attention
+    # (image_input = FrozenFeatures(tokens_layer=layer), set in __init__)
+    def logits(self, x: dict[str, Tensor], text: Tensor | None = None) -> Tensor:
         """``s · norm(f_img) @ t̂ᵀ``; pass ``text = text_features()`` to reuse it across batches."""
         text = self.text_features() if text is None else text
-        return self.backbone.logit_scale * feats["f"].float() @ text.float().t()
+        return self.backbone.logit_scale * x["f"].float() @ text.float().t()
 
-    def loss_from(self, feats: dict[str, Tensor], labels: Tensor
-                  ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def loss(self, x: dict[str, Tensor], labels: Tensor
+             ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``L = L1 + L2/β + γ·L3`` plus the wrapped method's own terms; then the cache write."""
         o, s = self.options, self.backbone.logit_scale
-        f, tokens, attn = feats["f"], feats["tokens"], feats["attn"]
+        f, tokens, attn = x["f"], x["tokens"], x["attn"]
         t = self.base_text()                                        # un-refined, normalised
         t_hat = self.refine(t)                                      # reads the cache
         logits = s * f @ t_hat.t()
         l1 = F.cross_entropy(logits, labels)                        # L1 = CE(s·f @ t̂ᵀ, y)
-        x = self.aligned(tokens)                                    # [B, N, d]
-        z, _ = self.pick_local(x, attn)                             # [B, 7, d]
+        v = self.aligned(tokens)                                    # [B, N, d]
+        z, _ = self.pick_local(v, attn)                             # [B, 7, d]
         if o.normalize_local:
             z = F.normalize(z, dim=-1)
         t_local = t_hat if o.local_text == "refined" else t
@@ -257,8 +246,8 @@ class TextRefiner(Method):
         extra, extra_terms = self.base.extra_loss(t)                # e.g. KgCoOp's λ·L_kg
         loss = l1 + l2 / o.beta + o.gamma * l3 + extra
         if self.training and o.cache_update == "momentum":          # write, for the next step
-            written = x[:, 1:] if o.write_tokens == "patches" else x
+            written = v[:, 1:] if o.write_tokens == "patches" else v
             with torch.autocast(f.device.type, enabled=False):
                 self.cache = cache_write(self.cache, written.detach(), o.momentum)
         terms = {"ce": l1, "local": l2, "reg": l3, **extra_terms}
-        return loss, logits, {k: v.detach() for k, v in terms.items()}
+        return loss, logits, {k: term.detach() for k, term in terms.items()}

@@ -14,14 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from promptviz.scores import as_numpy
+
 STAGE_COLOURS = ("#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-
-
-def as_numpy(x: object, dtype: type | None = None) -> np.ndarray:
-    """A numpy copy of ``x`` (numpy array, list, or torch tensor on any device)."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def _pca(rows: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

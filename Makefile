@@ -33,7 +33,8 @@ test: $(STAMP) lint
 	    $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-floor
 
-# The backbone tests on the oldest supported open_clip_torch (part of `make test`, ~30 s).
+# The backbone and hook-point tests on the oldest supported open_clip_torch (part of
+# `make test`, ~30 s): the hook points run open_clip's blocks part by part.
 $(FLOOR_STAMP): | $(STAMP)
 	rm -rf $(FLOOR)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
@@ -45,7 +46,7 @@ test-floor: $(FLOOR_STAMP)
 	    print('open_clip', open_clip.__version__, 'from', open_clip.__file__); \
 	    sys.exit(open_clip.__version__ != '$(OPEN_CLIP_FLOOR)')"
 	PYTHONPATH=$(FLOOR) PROMPTVIZ_OPEN_CLIP_FLOOR=$(OPEN_CLIP_FLOOR) PROMPTVIZ_PROGRESS=0 \
-	    $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_backbone.py
+	    $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_backbone.py tests/test_hooks.py
 
 # Only the browser tests (also part of `make test`): JupyterLab and the standalone HTML
 # exports in headless Chromium via Playwright. They apt-get install chromium when it is

@@ -11,7 +11,14 @@ mode) plus three things open_clip does not offer directly:
   transformer block (SEP rebuilds prompt tokens there) and an optional
   :class:`ActivationCache` that records every block's input tokens and, for
   chosen visual layers, the head-averaged attention (TransformerLens-style:
-  ``cache["vis_resid", 11]``, ``cache["vis_attn", 11]``).
+  ``cache["vis_resid", 11]``, ``cache["vis_attn", 11]``);
+* **named hook points** (TransformerLens's, :data:`POINTS`): every block of either tower
+  has ``<tower>.<layer>.resid_pre`` (the tokens it reads), ``.attn_out`` and ``.mlp_out``
+  (what its attention and its MLP add to the residual stream), ``.resid_post`` (what it
+  writes) and ``.attn_pattern`` (head-averaged attention, recorded only), ``tower`` being
+  ``vis`` or ``txt``. ``ActivationCache(points=["vis.11.attn_out", "txt.*.mlp_out"])``
+  records them by name (glob patterns allowed) and ``with backbone.hooks({"vis.3.mlp_out":
+  fn}):`` edits them (``fn(x)`` returns the replacement, or ``None`` to keep ``x``).
 
 The blocks themselves are open_clip's own modules, called in order; nothing is
 forked. With no prompt, hook or extra token, the outputs equal open_clip's
@@ -42,6 +49,7 @@ it, with the reason, when it loads weights from a file or a pretrained tag.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -49,7 +57,8 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +82,12 @@ QUICK = "-quickgelu"     # an open_clip name with this suffix asks for QuickGELU
 # Entries of OpenAI's TorchScript archives that no open_clip state dict holds.
 OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 Hook = Callable[[int, Tensor], Tensor]
+Edit = Callable[[Tensor], "Tensor | None"]          # a named hook point's edit
+# Named hook points of every block (``<vis|txt>.<layer>.<point>``); all but attn_pattern
+# can be edited. attn_out / mlp_out are what the block adds to the residual stream, after
+# open_clip's LayerScale, so resid_post = resid_pre + attn_out + mlp_out.
+POINTS = ("resid_pre", "attn_pattern", "attn_out", "mlp_out", "resid_post")
+EDITABLE = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 _configs_registered = False
 
 
@@ -94,12 +109,20 @@ class ActivationCache(dict):
     * ``"vis_final"`` — visual tokens after the last block, ``[B, N, D_v]``
     * ``"vis_proj"`` — every visual token through ``ln_post`` and ``proj``, ``[B, N, d]``
     * ``("txt_resid", l)`` — text tokens entering block ``l``, ``[C, L, D_t]``
+    * a named hook point asked for in ``points`` (glob patterns: ``"vis.*.mlp_out"``),
+      under its name: ``cache["vis.11.attn_out"]`` (see :data:`POINTS`)
     """
 
-    def __init__(self, attn_layers: Iterable[int] = (), keep_resid: bool = True) -> None:
+    def __init__(self, attn_layers: Iterable[int] = (), keep_resid: bool = True,
+                 points: Iterable[str] = ()) -> None:
         super().__init__()
         self.attn_layers = set(attn_layers)
         self.keep_resid = keep_resid
+        self.points = tuple(points)
+
+    def wants(self, name: str) -> bool:
+        """Whether the named hook point ``name`` is to be recorded."""
+        return any(fnmatch.fnmatchcase(name, p) for p in self.points)
 
     def cls_attention(self, layer: int) -> Tensor:
         """CLS → patch attention of a visual layer, ``[B, N-1]`` (heads averaged)."""
@@ -140,6 +163,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-16",
                                                               context_length=model.context_length)
         self.mean, self.std = image_stats(model.visual)
+        self._edits: dict[str, Edit] = {}     # named hook points edited now (see hooks())
 
     # ------------------------------------------------------------------ facts
     @property
@@ -266,26 +290,102 @@ class Backbone(nn.Module):
         return x @ v.proj if v.proj is not None else x
 
     # ----------------------------------------------------------------- blocks
+    # ------------------------------------------------------------ named hook points
+    def hook_points(self) -> list[str]:
+        """Every named hook point of both towers, in the order they run."""
+        info = self.info
+        return [f"{tower}.{layer}.{point}"
+                for tower, n in (("txt", info.text_layers), ("vis", info.vision_layers))
+                for layer in range(n) for point in POINTS]
+
+    @contextmanager
+    def hooks(self, edits: Mapping[str, Edit]) -> Iterator[Backbone]:
+        """Edit named hook points while the block runs: ``{name or glob pattern: fn}``;
+        ``fn(x)`` returns what replaces ``x`` (same shape), or ``None`` to keep it. Nested
+        uses combine; each is undone when its block ends, even on an error."""
+        names = self.hook_points()
+        for pattern in edits:
+            hit = fnmatch.filter(names, pattern)
+            if not hit or any(n.rsplit(".", 1)[1] not in EDITABLE for n in hit):
+                raise PromptvizError(
+                    f"no editable hook point {pattern!r}: names are <vis|txt>.<layer>.<point> "
+                    f"with point one of {', '.join(EDITABLE)} (attn_pattern is recorded only), "
+                    f"layers 0-{self.info.vision_layers - 1} (vis) and "
+                    f"0-{self.info.text_layers - 1} (txt), e.g. 'vis.3.mlp_out'")
+        previous = self._edits
+        self._edits = {**previous, **edits}
+        try:
+            yield self
+        finally:
+            self._edits = previous
+
+    def _point(self, name: str, x: Tensor, cache: ActivationCache | None) -> Tensor:
+        """A named hook point: its edit (if any) applied, then recorded (if asked)."""
+        for pattern, fn in self._edits.items():
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                out = fn(x)
+                x = x if out is None else out
+        if cache is not None and cache.points and cache.wants(name):
+            cache[name] = x
+        return x
+
+    def _by_parts(self, name: str, cache: ActivationCache | None) -> bool:
+        """Whether a block must run part by part: its attn_out or mlp_out is edited or
+        recorded (otherwise open_clip's own forward runs, unchanged)."""
+        parts = (f"{name}.attn_out", f"{name}.mlp_out")
+        edited = any(fnmatch.fnmatchcase(p, e) for p in parts for e in self._edits)
+        return edited or (cache is not None and any(cache.wants(p) for p in parts))
+
     def _blocks(self, transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
                 hook: Hook | None, cache: ActivationCache | None, tower: str) -> Tensor:
         batch_first = getattr(transformer, "batch_first", True)
+        named = bool(self._edits) or (cache is not None and bool(cache.points))
         for layer, block in enumerate(transformer.resblocks):
             if hook is not None:
                 x = hook(layer, x)
+            name = f"{tower}.{layer}"
+            if named:
+                x = self._point(f"{name}.resid_pre", x, cache)
             if cache is not None:
                 if cache.keep_resid:
                     cache[f"{tower}_resid", layer] = x
-                if tower == "vis" and layer in cache.attn_layers:
-                    cache["vis_attn", layer] = self._attention_weights(block, x)
-            if batch_first:
+                if (tower == "vis" and layer in cache.attn_layers) or \
+                        (cache.points and cache.wants(f"{name}.attn_pattern")):
+                    pattern = self._attention_weights(block, x, attn_mask)
+                    if tower == "vis" and layer in cache.attn_layers:
+                        cache["vis_attn", layer] = pattern
+                    if cache.points and cache.wants(f"{name}.attn_pattern"):
+                        cache[f"{name}.attn_pattern"] = pattern
+            if named and self._by_parts(name, cache):
+                x = self._block_parts(block, x, attn_mask, batch_first, name, cache)
+            elif batch_first:
                 x = block(x, attn_mask=attn_mask)
             else:  # older open_clip: sequence-first blocks
                 x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+            if named:
+                x = self._point(f"{name}.resid_post", x, cache)
         return x
 
+    def _block_parts(self, block: nn.Module, x: Tensor, attn_mask: Tensor | None,
+                     batch_first: bool, name: str, cache: ActivationCache | None) -> Tensor:
+        """open_clip's ``ResidualAttentionBlock.forward``, the same operations in the same
+        order (so the same numbers), with ``attn_out`` and ``mlp_out`` as hook points."""
+        if not all(hasattr(block, a) for a in ("ln_1", "attention", "ls_1", "ln_2", "mlp",
+                                               "ls_2")):
+            raise PromptvizError(
+                f"the hook points attn_out / mlp_out need open_clip's ResidualAttentionBlock; "
+                f"this backbone has {type(block).__name__}")
+        h = block.ln_1(x if batch_first else x.transpose(0, 1))
+        a = block.ls_1(block.attention(q_x=h, attn_mask=attn_mask))
+        x = x + self._point(f"{name}.attn_out", a if batch_first else a.transpose(0, 1), cache)
+        m = block.ls_2(block.mlp(block.ln_2(x)))
+        return x + self._point(f"{name}.mlp_out", m, cache)
+
     @staticmethod
-    def _attention_weights(block: nn.Module, x: Tensor) -> Tensor:
-        """Head-averaged attention ``[B, N, N]`` of ``block`` on its input ``x``."""
+    def _attention_weights(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None
+                           ) -> Tensor:
+        """Head-averaged attention ``[B, N, N]`` of ``block`` on its input ``x`` (with the
+        text tower's causal ``attn_mask``)."""
         attn = block.attn
         if not isinstance(attn, nn.MultiheadAttention):
             raise PromptvizError(
@@ -294,7 +394,8 @@ class Backbone(nn.Module):
         h = block.ln_1(x)
         if not attn.batch_first:
             h = h.transpose(0, 1)
-        _, w = attn(h, h, h, need_weights=True, average_attn_weights=True)
+        mask = attn_mask.to(h.dtype) if attn_mask is not None else None
+        _, w = attn(h, h, h, need_weights=True, average_attn_weights=True, attn_mask=mask)
         return w
 
 

@@ -28,6 +28,13 @@ residual ensemble with frozen CLIP):
   through the blocks as they are, in both towers (or one);
 * ``ensemble=off`` — ``f̂ = f`` and ``t̂ = t``, the prompted features alone.
 
+Any method, on the backbone's named hook points (:meth:`Backbone.hooks`):
+``<tower>.<layer>.<point>=zero`` (e.g. ``vis.11.attn_out=zero``, ``txt.*.mlp_out=zero``)
+— what that part of a block adds to the residual stream (``attn_out``, ``mlp_out``) or the
+stream itself (``resid_pre``, ``resid_post``) set to zero. Not in :func:`available`'s list
+(there are many); name them. An image-tower ablation changes a frozen-input method's
+image features too: :func:`intervention_table` encodes the images again under it.
+
 :func:`read_statistics` says whether the read can differ between classes at all: the
 mean entropy of the read weights against the maximum ``ln M``, and the mean cosine between
 two classes' reads. :func:`selection_control` is the control for any token selection: what
@@ -60,8 +67,16 @@ SEP = ("selection=random", "selection=cls_attention", "selection=lowest", "tfm=r
        "tfm=raw_text", "tfm=raw_vision", "ensemble=off")
 
 
+def hook_ablation(name: str) -> str | None:
+    """The hook point (pattern) of a ``<tower>.<layer>.<point>=zero`` intervention, else
+    ``None`` (the point is checked by :meth:`Backbone.hooks`)."""
+    point, _, how = name.rpartition("=")
+    return point if how == "zero" and point.startswith(("vis.", "txt.")) else None
+
+
 def available(method: Method) -> tuple[str, ...]:
-    """The interventions :func:`intervene` knows for ``method``."""
+    """The interventions :func:`intervene` knows for ``method`` by name (and, for any
+    method, ``<tower>.<layer>.<point>=zero`` on a named hook point)."""
     if method.name == "textrefiner":
         return TEXTREFINER + CONTEXT
     if method.name in ("coop", "kgcoop"):
@@ -75,9 +90,15 @@ def available(method: Method) -> tuple[str, ...]:
 def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
     """``method`` with the part ``name`` replaced (see the module docstring) inside the
     ``with`` block; restored on exit, even after an error. ``seed`` drives the random ones."""
+    point = hook_ablation(name)
+    if point is not None:
+        with method.backbone.hooks({point: torch.zeros_like}):
+            yield method
+        return
     if name not in available(method):
         raise PromptvizError(f"no intervention {name!r} for {method.name}; known: "
-                             f"{', '.join(available(method)) or 'none'}")
+                             f"{', '.join(available(method)) or 'none'}, or a hook point "
+                             "set to zero, e.g. 'vis.11.attn_out=zero'")
     restore: list[Any] = []
 
     def override(attr: str, value: Any) -> None:
@@ -249,13 +270,19 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
     dev = method.backbone.device
 
     # The method's inputs once: a method with a frozen image side (all but SEP) sees the
-    # same image features under every intervention here (they all act on the text side);
-    # SEP's x is the pixels, and its prompted image pass runs again each time.
-    with torch.no_grad(), autocast_for(dev, precision):
-        xs = [method.inputs(images[i:i + batch].to(dev)) for i in range(0, len(images), batch)]
+    # same image features under every intervention on the method's own parts (they act on
+    # the text side); SEP's x is the pixels, and its prompted image pass runs again each
+    # time. An ablation in the image tower changes x itself: encoded again under it.
+    def inputs() -> list[Any]:
+        with torch.no_grad(), autocast_for(dev, precision):
+            return [method.inputs(images[i:i + batch].to(dev))
+                    for i in range(0, len(images), batch)]
+    clean = inputs()
 
     @torch.no_grad()
-    def acc() -> float:
+    def acc(name: str = "none") -> float:
+        point = hook_ablation(name)
+        xs = inputs() if point is not None and point.startswith("vis.") else clean
         with autocast_for(dev, precision):        # as evaluate(): bf16 where it would be
             text = None if method.text_depends_on_image else method.text_features()
             logits = [method.logits(x, text) for x in xs]
@@ -268,6 +295,6 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
     rows = [{"intervention": "none", "acc": base, "delta": 0.0}]
     for name in names if names is not None else available(method):
         with intervene(method, name, seed):
-            a = acc()
+            a = acc(name)
         rows.append({"intervention": name, "acc": a, "delta": a - base})
     return rows

@@ -1,0 +1,112 @@
+"""Named hook points (TransformerLens-style): record any block's residual stream, attention
+pattern, attention and MLP outputs by name, and edit them, without changing what the
+towers compute when nothing is edited."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptviz.backbone import POINTS, ActivationCache, load_clip
+from promptviz.errors import PromptvizError
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_clip("pv-tiny")
+
+
+def _images(clip, n: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, clip.image_size, clip.image_size, generator=g)
+
+
+def test_recording_every_point_changes_nothing(clip):
+    images, ids = _images(clip), clip.tokenize(["a photo of a cat.", "a red square."])
+    cache = ActivationCache(points=["vis.*", "txt.*"])
+    with torch.no_grad():
+        assert torch.equal(clip.encode_image(images, cache=cache), clip.model.encode_image(images))
+        text = clip.encode_text_embeddings(clip.token_embedding(ids), ids, cache=cache)
+        assert torch.equal(text, clip.model.encode_text(ids))
+    n = clip.info.vision_layers
+    assert all(f"{tower}.{layer}.{p}" in cache
+               for tower, layers in (("vis", n), ("txt", clip.info.text_layers))
+               for layer in range(layers) for p in POINTS)
+    for layer in range(n):
+        pre, post = cache[f"vis.{layer}.resid_pre"], cache[f"vis.{layer}.resid_post"]
+        assert torch.equal(pre, cache["vis_resid", layer])
+        assert torch.equal(post, pre + cache[f"vis.{layer}.attn_out"]
+                           + cache[f"vis.{layer}.mlp_out"])
+        if layer + 1 < n:
+            assert torch.equal(post, cache[f"vis.{layer + 1}.resid_pre"])
+        pattern = cache[f"vis.{layer}.attn_pattern"]
+        assert pattern.shape == (3, pre.shape[1], pre.shape[1])
+        assert torch.allclose(pattern.sum(-1), torch.ones(3, pre.shape[1]), atol=1e-5)
+
+
+def test_a_block_run_by_parts_is_open_clips_block(clip):
+    """An edit that keeps every value forces every block through the part-by-part path:
+    the features are open_clip's, bit for bit, in both towers."""
+    images, ids = _images(clip), clip.tokenize(["a photo of a cat."])
+    keep = {"vis.*.attn_out": lambda x: None, "txt.*.mlp_out": lambda x: None}
+    with torch.no_grad(), clip.hooks(keep):
+        assert torch.equal(clip.encode_image(images), clip.model.encode_image(images))
+        assert torch.equal(clip.encode_text(ids), clip.model.encode_text(ids))
+
+
+def test_an_edit_acts_where_named_and_is_undone(clip):
+    images = _images(clip)
+    last = clip.info.vision_layers - 1
+    with torch.no_grad():
+        clean = clip.encode_image(images)
+        cache = ActivationCache(points=[f"vis.{last}.*"])
+        with clip.hooks({f"vis.{last}.mlp_out": torch.zeros_like}):
+            edited = clip.encode_image(images, cache=cache)
+        after = clip.encode_image(images)
+    assert not torch.allclose(edited, clean, atol=1e-4)
+    assert torch.equal(after, clean)                                  # undone
+    assert torch.equal(cache[f"vis.{last}.mlp_out"], torch.zeros_like(cache[f"vis.{last}.mlp_out"]))
+    assert torch.equal(cache[f"vis.{last}.resid_post"],
+                       cache[f"vis.{last}.resid_pre"] + cache[f"vis.{last}.attn_out"])
+    # the text tower has its own points: doubling a block's input changes the text feature
+    ids = clip.tokenize(["a photo of a cat."])
+    with torch.no_grad(), clip.hooks({"txt.0.resid_pre": lambda x: 2 * x}):
+        doubled = clip.encode_text(ids)
+    assert not torch.allclose(doubled, clip.model.encode_text(ids), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vis.99.mlp_out", "vis.0.attn_pattern", "mlp_out", "img.*"])
+def test_unknown_or_read_only_points_are_refused(clip, name):
+    with pytest.raises(PromptvizError, match="e.g. 'vis.3.mlp_out'"):
+        with clip.hooks({name: torch.zeros_like}):
+            pass
+
+
+# ------------------------------------------------------- interventions on hook points
+def test_hook_point_ablation_as_an_intervention(tiny_clip, tiny_root):
+    """``intervene(m, "vis.L.attn_out=zero")`` ablates through the backbone's hook points,
+    and ``intervention_table`` encodes a frozen-input method's images again under it: its
+    row is the accuracy measured by hand under the same edit."""
+    from promptviz.data import load_dataset, load_images
+    from promptviz.interventions import intervene, intervention_table
+    from promptviz.methods import build_method
+    ds = load_dataset("dtd", str(tiny_root))
+    m = build_method("zeroshot", tiny_clip, ds.classnames, ds.template).eval()
+    images = load_images(ds.test, tiny_clip.image_size, tiny_clip.mean, tiny_clip.std)
+    with torch.no_grad():
+        own = m(images).argmax(-1)                         # labels: the clean predictions
+        with tiny_clip.hooks({"vis.*.attn_out": torch.zeros_like}):
+            ablated = m(images).argmax(-1)
+    assert not torch.equal(own, ablated)                  # the ablation moves predictions
+    rows = intervention_table(m, images, ds.classnames, ds.template, labels=own,
+                              names=["vis.*.attn_out=zero", "txt.0.mlp_out=zero"])
+    assert rows[0]["acc"] == 100.0
+    assert rows[1]["acc"] == pytest.approx(100.0 * float((ablated == own).float().mean()))
+    assert rows[1]["acc"] < 100.0
+    with intervene(m, "vis.*.attn_out=zero"), torch.no_grad():
+        assert torch.equal(m(images).argmax(-1), ablated)
+    with torch.no_grad():
+        assert torch.equal(m(images).argmax(-1), own)     # undone
+    with pytest.raises(PromptvizError, match="e.g. 'vis.3.mlp_out'"):
+        with intervene(m, "vis.99.mlp_out=zero"):
+            pass

@@ -7,14 +7,18 @@ with status 2; no traceback. Set ``PROMPTVIZ_DEBUG=1`` to see tracebacks anyway.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
 import sys
 import time
+import types
+import typing
 import warnings
 from collections.abc import Sequence
 
+from promptviz.config import TrainConfig
 from promptviz.errors import PromptvizError
 
 
@@ -28,16 +32,46 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------ flags from a config dataclass
+def add_fields(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per field of the config dataclass ``cls`` (:mod:`promptviz.config`):
+    ``--field-name``, its type read from the annotation (``X | None``: an optional X; a
+    bool: ``--x`` / ``--no-x``), its default, choices and help from :func:`setting`. A
+    field without help (a dict such as ``options``) or in ``skip`` gets no flag."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if f.name in skip or "help" not in meta:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if args and typing.get_origin(kind) in (types.UnionType, typing.Union) \
+            else kind
+        kw: dict = {"dest": f.name, "help": meta["help"], "default": f.default}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if meta.get("required"):
+            kw["required"] = True
+            del kw["default"]
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from(a: argparse.Namespace, cls: type, **given: object) -> object:
+    """The config dataclass ``cls`` from parsed flags (:func:`add_fields`), plus ``given``
+    for the fields a command sets itself."""
+    found = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)}
+    return cls(**{**found, **given})
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    from promptviz.train import TrainConfig, run
-    cfg = TrainConfig(method=a.method, backbone=a.backbone, dataset=a.dataset,
-                      data_root=a.data_root, protocol=a.protocol, shots=a.shots, seed=a.seed,
-                      out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                      optimizer=a.optimizer, select=a.select, device=a.device,
-                      precision=a.precision, num_workers=a.num_workers,
-                      eval_batch_size=a.eval_batch_size, progress=not a.quiet,
-                      feature_cache=not a.no_feature_cache, cache_views=a.cache_views,
-                      cache_dir=a.cache_dir, augment=a.augment,
+    from promptviz.train import run
+    cfg = config_from(a, TrainConfig, progress=not a.quiet,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
                                **_parse_sets(a.set)})
     res = run(cfg, overwrite=a.overwrite)
@@ -229,53 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=_HelpWithDefaults)
 
     t = sub.add_parser("train", help="train and evaluate one method on one dataset")
-    t.add_argument("--method", required=True,
-                   help="zeroshot | coop | cocoop | kgcoop | textrefiner | sep")
+    add_fields(t, TrainConfig, skip=("progress",))     # every setting, from the dataclass
     t.add_argument("--base-method", help="the method TextRefiner wraps: coop (default) | kgcoop")
-    t.add_argument("--backbone", default="toyclip",
-                   help="toyclip, NAME:TAG (open_clip, e.g. ViT-B-16:openai) or a weight file")
-    t.add_argument("--dataset", required=True,
-                   help="CoOp folder name (dtd, oxford_pets, …), a card folder or a folder path")
-    t.add_argument("--data-root", default="data", help="folder holding the datasets")
-    t.add_argument("--protocol", default="base2new", choices=["base2new", "fewshot"],
-                   help="base2new: train on the base half of the classes, test on "
-                        "both halves; fewshot: all classes")
-    t.add_argument("--shots", type=int, default=16,
-                   help="training images per class")
-    t.add_argument("--seed", type=int, default=1,
-                   help="seed of the shot sampling, the initialisation and the batch order")
-    t.add_argument("--out", required=True, help="output folder (results.json + checkpoint)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     t.add_argument("--overwrite", action="store_true",
                    help="replace another run (other settings) found in --out; without it "
                         "that is an error and nothing is touched")
-    t.add_argument("--epochs", type=int,
-                   help="default: the method's, per dataset (its authors' schedule)")
-    t.add_argument("--batch-size", type=int,
-                   help="default: the method's")
-    t.add_argument("--lr", type=float,
-                   help="default: the method's")
-    t.add_argument("--optimizer", choices=["sgd", "adam"],
-                   help="default: the method's")
-    t.add_argument("--select", choices=["last", "best_val"],
-                   help="final model: the last epoch or the best on validation (default: the "
-                        "method's; best_val for textrefiner, as its authors' config)")
-    t.add_argument("--eval-batch-size", type=int,
-                   help="test batch (default: the method's; SEP's faithful mode depends on it)")
-    add_device_flag(t)
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast on a GPU that has it, else fp32; fp16 adds a "
-                        "gradient scaler; weights stay fp32")
-    t.add_argument("--num-workers", type=int, default=0,
-                   help="data-loading worker processes")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     add_quiet_flag(t)
-    add_cache_flags(t)
-    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="CoOp's random-resized-crop + flip on training images (default: the "
-                        "dataset's choice: on, except ToyWorld, whose labels a crop can change)")
-    t.add_argument("--cache-views", type=int, default=10,
-                   help="augmented views of each training image cached (at most one per epoch)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint folder")

@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
+from promptviz.config import PRECISIONS
 from promptviz.errors import PromptvizError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -23,7 +23,6 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from promptviz.checkpoint import (
     make_folder,
     save_checkpoint,
 )
+from promptviz.config import PROTOCOLS, TrainConfig
 from promptviz.data import (
     Dataset,
     few_shot,
@@ -52,89 +52,15 @@ from promptviz.errors import Diverged, PromptvizError
 from promptviz.evaluate import evaluate, harmonic_mean, predict
 from promptviz.inputs import TrainingInputs
 from promptviz.methods import Method, build_method, method_class
-from promptviz.methods.base import SELECTIONS
-from promptviz.precision import PRECISIONS, autocast_for, resolve_precision
+from promptviz.precision import autocast_for, resolve_precision
 from promptviz.progress import progress_bar
 
-PROTOCOLS = ("base2new", "fewshot")
 RESULTS = "results.json"
 RESUME = "resume.pt"
 PREDICTIONS = "predictions.npz"
 # Bumped whenever training computes something else for the same config (a new schedule, a
 # new default), so that studies never reuse a result of the old code (see run_key).
 TRAINING_VERSION = 2
-
-
-@dataclass
-class TrainConfig:
-    method: str = "coop"
-    backbone: str = "toyclip"
-    dataset: str = "toy_fine"
-    data_root: str = "data"
-    protocol: str = "base2new"          # base2new | fewshot
-    shots: int = 16
-    seed: int = 1
-    out: str = "runs/train"
-    epochs: int | None = None           # None = the method's default (per dataset, see
-    batch_size: int | None = None       #   TrainDefaults.by_dataset)
-    lr: float | None = None
-    optimizer: str | None = None        # sgd | adam
-    select: str | None = None           # final model: last | best_val (None: the method's)
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    device: str = "cpu"
-    precision: str = "auto"             # auto (bf16 where the GPU has it, else fp32) | fp32
-                                        # | bf16 | fp16 (autocast + gradient scaler)
-    num_workers: int = 0
-    eval_batch_size: int | None = None  # None = the method's (SEP: 500, the authors')
-    feature_cache: bool = True          # encode each training image once per view, reuse
-    cache_views: int = 10               # augmented views cached (at most one per epoch)
-    cache_dir: str | None = None        # on-disk feature cache (None: featcache.cache_root();
-                                        # "" keeps the features in memory only)
-    augment: bool | None = None         # random-resized-crop + flip (False: eval transform;
-                                        # None: the dataset's choice, see Dataset.augment)
-    progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)   # method options, key=value
-
-    def resolved(self, dataset: str | None = None) -> TrainConfig:
-        """Fill the ``None`` fields from the method's defaults, for ``dataset`` (its
-        ``Dataset.name``) when given: the authors' per-dataset schedules apply then."""
-        d = method_class(self.method).defaults.for_dataset(dataset, self.protocol)
-        mine = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "optimizer",
-                                              "select", "eval_batch_size")}
-        return dataclasses.replace(
-            self, **{k: getattr(d, k) if v is None else v for k, v in mine.items()})
-
-    def validate(self) -> None:
-        """One clear error for a setting that cannot train (call on a resolved config)."""
-        bad = []
-        if self.shots is not None and self.shots < 1:
-            bad.append(f"--shots {self.shots} (use 1 or more images per class)")
-        if self.epochs is not None and self.epochs < 0:
-            bad.append(f"--epochs {self.epochs} (use 0 or more)")
-        for name in ("batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                bad.append(f"--{name.replace('_', '-')} {v} (use 1 or more)")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            bad.append(f"--lr {self.lr} (use a finite number above 0)")
-        if self.num_workers < 0:
-            bad.append(f"--num-workers {self.num_workers} (use 0 or more; 0 loads in this "
-                       "process)")
-        if self.cache_views < 1:
-            bad.append(f"--cache-views {self.cache_views} (use 1 or more)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            bad.append(f"weight_decay {self.weight_decay} (use a finite number, 0 or more)")
-        if self.protocol not in PROTOCOLS:
-            bad.append(f"--protocol {self.protocol} (use one of {', '.join(PROTOCOLS)})")
-        if self.select is not None and self.select not in SELECTIONS:
-            bad.append(f"--select {self.select} (use one of {', '.join(SELECTIONS)})")
-        if self.precision not in PRECISIONS:
-            bad.append(f"--precision {self.precision} (use one of {', '.join(PRECISIONS)})")
-        if bad:
-            raise PromptvizError("invalid setting: " + "; ".join(bad))
 
 
 def set_seed(seed: int) -> None:

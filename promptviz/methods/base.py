@@ -36,8 +36,6 @@ from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
 from promptviz.inputs import FrozenFeatures, ImageInput
 
-SELECTIONS = ("last", "best_val")
-
 
 @dataclasses.dataclass
 class TrainDefaults:

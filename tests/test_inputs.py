@@ -134,3 +134,15 @@ def test_readme_walkthrough_is_the_file():
         assert line in source[pos:], f"README walkthrough line not in the file: {line!r}"
         pos = source.index(line, pos) + 1
     assert len(shown) > 20
+
+
+def test_readme_parameter_count_is_vit_b16s():
+    """The walkthrough's ViT-B/16 count is the formula checked above (``2·d·d/4``, on the
+    class itself in ``test_ratio_zero_is_zero_shot_and_counts``) at ViT-B/16's width."""
+    from pathlib import Path
+
+    import open_clip
+    d = open_clip.get_model_config("ViT-B-16")["embed_dim"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Adding a method", 1)[1].split("\n## ", 1)[0]
+    assert f"`2·d·d/4`: {2 * d * (d // 4):,} for ViT-B/16" in section

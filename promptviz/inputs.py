@@ -71,7 +71,10 @@ class FrozenFeatures:
     * ``"f"``: the image feature, L2-normalised (``normalize=False``: as the tower gives it);
     * with ``tokens_layer`` and ``train=True`` also ``"tokens"``, that block's output tokens
       through ``ln_post`` and ``proj`` ``[B, N, d]``, and ``"attn"``, its CLS→patch attention
-      ``[B, N−1]`` (TextRefiner's local loss and cache write; inference needs only ``f``)."""
+      ``[B, N−1]`` (TextRefiner's local loss and cache write; inference needs only ``f``).
+
+    With ``tokens_layer`` every tensor comes back in fp32 (TextRefiner computes in fp32);
+    without, ``f`` keeps the dtype the tower gave it (bf16 under autocast, half the cache)."""
 
     normalize: bool = True
     tokens_layer: int | None = None

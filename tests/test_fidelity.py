@@ -40,6 +40,13 @@ def test_per_method_defaults_are_the_authors():
     assert (d["sep"].optimizer, d["sep"].lr, d["sep"].adam_eps, d["sep"].eval_batch_size) == \
         ("adam", 0.0025, 1e-3, 500)
     assert d["coop"].eval_batch_size == 128
+    # CLIP-Adapter: its authors ship no schedule (CoOp's here); the module is their code's
+    ad = d["clip_adapter"]
+    assert (ad.epochs, ad.lr, ad.optimizer, ad.batch_size, ad.select) == \
+        (10, 0.002, "sgd", 32, "last")
+    o = METHODS["clip_adapter"].Options()
+    assert (o.reduction, o.ratio, o.final_relu) == (4, 0.2, True)
+    assert METHODS["clip_adapter"].image_input.key() == {"features": "f_raw"}  # un-normalised
 
 
 @pytest.mark.parametrize("dataset, protocol, want", [

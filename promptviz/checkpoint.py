@@ -50,6 +50,12 @@ def usual_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~_UMASK)
 
 
+def user_cache_dir() -> Path:
+    """``$PROMPTVIZ_CACHE`` or ``~/.cache/promptviz``: where caches go when the dataset
+    folder is read-only."""
+    return Path(os.environ.get("PROMPTVIZ_CACHE") or "~/.cache/promptviz").expanduser()
+
+
 def check_folder(out: Path, flag: str = "--out") -> None:
     """Refuse, before anything is written, an ``out`` that cannot become a folder this
     process can write to: a file, a path below a file, a read-only place."""

@@ -70,7 +70,7 @@ def config_from(a: argparse.Namespace, cls: type, **given: object) -> object:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from promptviz.train import run
+    from promptviz.train.loop import run
     cfg = config_from(a, TrainConfig, progress=not a.quiet,
                       options={**({"base_method": a.base_method} if a.base_method else {}),
                                **_parse_sets(a.set)})
@@ -81,7 +81,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from promptviz.train import run_eval
+    from promptviz.train.loop import run_eval
     res = run_eval(a.checkpoint, a.dataset, a.data_root, a.protocol, a.device, a.backbone,
                    progress=not a.quiet)
     print(_summary(res))
@@ -110,7 +110,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    from promptviz.pretrain import PretrainConfig, pretrain
+    from promptviz.train.pretrain import PretrainConfig, pretrain
     cfg = PretrainConfig(out=a.out, model=a.model, steps=a.steps, batch_size=a.batch_size,
                          lr=a.lr, warmup=a.warmup, seed=a.seed, device=a.device,
                          threads=a.threads, warm_steps=a.warm_steps, warm_from=a.warm_from,
@@ -122,7 +122,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_build(a: argparse.Namespace) -> int:
-    from promptviz.toyworld.suite import build_suite
+    from promptviz.data.toyworld.suite import build_suite
     t0 = time.perf_counter()
     folders = build_suite(a.out, seed=a.seed, image_size=a.image_size, n_train=a.n_train,
                           n_val=a.n_val, n_test=a.n_test, datasets=a.datasets or None)
@@ -134,7 +134,7 @@ def cmd_toyworld_build(a: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_card(a: argparse.Namespace) -> int:
-    from promptviz.modelcard import CardConfig, make_card, markdown
+    from promptviz.tools.modelcard import CardConfig, make_card, markdown
     card = make_card(CardConfig(backbone=a.backbone, data_root=a.data_root, out=a.out,
                                 seeds=tuple(a.seeds), epochs=a.epochs, device=a.device,
                                 progress=not a.quiet))
@@ -142,7 +142,7 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
     if a.pretrain_run or a.update_card:
         from promptviz.backbone import TOYCLIP_WEIGHTS
-        from promptviz.modelcard import load_provenance, provenance, write_card
+        from promptviz.tools.modelcard import load_provenance, provenance, write_card
         prov = provenance(a.pretrain_run, TOYCLIP_WEIGHTS, a.pretrain_seconds, a.hardware) \
             if a.pretrain_run else load_provenance(TOYCLIP_WEIGHTS.parent)
         for path in write_card(card, prov, TOYCLIP_WEIGHTS.parent):
@@ -151,8 +151,8 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from promptviz.compare import CompareConfig, compare
-    from promptviz.demo import format_table
+    from promptviz.tools.compare import CompareConfig, compare
+    from promptviz.tools.demo import format_table
     options: dict[str, dict[str, str]] = {}
     for key, value in _parse_sets(a.set).items():
         method, dot, name = key.partition(".")
@@ -178,7 +178,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from promptviz.demo import DemoConfig, run_demo
+    from promptviz.tools.demo import DemoConfig, run_demo
     run_demo(DemoConfig(out=a.out, data_root=a.data_root, backbone=a.backbone,
                         datasets=a.datasets or DemoConfig().datasets, device=a.device,
                         progress=not a.quiet))
@@ -186,7 +186,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_cache(a: argparse.Namespace) -> int:
-    from promptviz import featcache
+    from promptviz.train import featcache
     root = featcache.cache_root(a.cache_dir)
     if a.action == "clear":
         n, size = featcache.clear(root)
@@ -219,7 +219,7 @@ def add_cache_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from promptviz.bench import BENCH_METHODS, BenchConfig, bench, format_bench
+    from promptviz.tools.bench import BENCH_METHODS, BenchConfig, bench, format_bench
     cfg = BenchConfig(backbone=a.backbone, device=a.device,
                       methods=tuple(a.methods or BENCH_METHODS), batch_size=a.batch_size,
                       eval_batch_size=a.eval_batch_size, steps=a.steps, warmup=a.warmup,

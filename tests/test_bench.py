@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from promptviz.backbone import Backbone
-from promptviz.bench import (
+from promptviz.cli import main
+from promptviz.methods import build_method
+from promptviz.tools.bench import (
     BenchConfig,
     bench_method,
     cache_estimate,
@@ -20,9 +22,7 @@ from promptviz.bench import (
     format_estimate,
     image_tower_macs,
 )
-from promptviz.cli import main
-from promptviz.methods import build_method
-from promptviz.train import TrainConfig, run
+from promptviz.train.loop import TrainConfig, run
 
 
 def _loss(m, images, labels):
@@ -174,7 +174,7 @@ def test_text_once_per_evaluation_is_exact(tiny_clip, name):
 # --------------------------------------------- the feature cache on a ToyWorld run
 @pytest.fixture(scope="module")
 def toyworld_root(tmp_path_factory):
-    from promptviz.toyworld import build_suite
+    from promptviz.data.toyworld import build_suite
     root = tmp_path_factory.mktemp("toyworld")
     build_suite(root, datasets=["toy_textures"], image_size=32, n_train=4, n_val=0, n_test=4,
                 workers=1)
@@ -203,7 +203,7 @@ def test_toyworld_trains_without_augmentation_unless_asked(toyworld_root, tmp_pa
                                                            monkeypatch):
     """A ToyWorld card says "augment": false (a crop or a mirror changes position, size
     and orientation, which its labels are about); a run follows it unless told otherwise."""
-    from promptviz.inputs import TrainingInputs, n_views
+    from promptviz.train.inputs import TrainingInputs, n_views
     seen = []
     original = TrainingInputs.encode_views
 
@@ -227,7 +227,7 @@ def test_load_average_is_read_before_and_after_measuring(tmp_path, monkeypatch):
     read after the last one); a load above the CPU count at either end marks a busy run."""
     import os
 
-    from promptviz import bench as bench_module
+    from promptviz.tools import bench as bench_module
     calls = []
 
     def loadavg():

@@ -10,7 +10,9 @@ import shutil
 import pytest
 
 from promptviz.cli import main
-from promptviz.compare import (
+from promptviz.errors import PromptvizError
+from promptviz.metrics import HM_CONVENTION, aggregate, harmonic_mean, mean_std
+from promptviz.tools.compare import (
     COLUMNS,
     CompareConfig,
     compare,
@@ -18,8 +20,6 @@ from promptviz.compare import (
     summarise,
     to_csv,
 )
-from promptviz.errors import PromptvizError
-from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean, mean_std
 
 
 def _cfg(root, out, **kw) -> CompareConfig:
@@ -109,8 +109,8 @@ def test_a_rows_hm_is_the_hm_of_its_own_base_and_novel():
 
 
 def test_hm_convention_is_said_where_tables_are_printed():
-    from promptviz.demo import format_table
-    from promptviz.modelcard import markdown
+    from promptviz.tools.demo import format_table
+    from promptviz.tools.modelcard import markdown
     table = summarise(SEEDS, "base2new")
     assert format_table([{**r, "label": "coop"} for r in table]).endswith(f"({HM_CONVENTION}.)")
     assert HM_CONVENTION not in format_table([{**SEEDS[0], "label": "one run"}])
@@ -175,7 +175,7 @@ def test_a_variant_is_its_own_row_and_run(tiny_root, tmp_path):
     assert meta["options"]["n_ctx"] == 2
     assert json.loads((runs / "coop" / "dtd" / "shots2" / "seed1" / "meta.json")
                       .read_text())["options"]["n_ctx"] == 4
-    import promptviz.compare as study
+    import promptviz.tools.compare as study
 
     def no_training(*a, **k):
         raise AssertionError("a finished variant run was trained again")
@@ -188,7 +188,7 @@ def test_a_variant_is_its_own_row_and_run(tiny_root, tmp_path):
 
 
 def test_variants_in_a_transfer_study_keep_their_labels_when_reused(tiny_root, tmp_path):
-    import promptviz.compare as study
+    import promptviz.tools.compare as study
     other = tmp_path / "dtd_copy"                   # a folder-per-class copy as a target
     for cls in (tiny_root / "dtd" / "images").iterdir():
         shutil.copytree(cls, other / cls.name)

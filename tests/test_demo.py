@@ -6,8 +6,8 @@ import json
 
 from plotly.offline import get_plotlyjs
 
-from promptviz.demo import DemoConfig, run_demo
-from promptviz.toyworld.suite import build_suite
+from promptviz.data.toyworld.suite import build_suite
+from promptviz.tools.demo import DemoConfig, run_demo
 
 LABELS = ("zero-shot CLIP", "CoOp", "CoOp+TextRefiner", "SEP")
 

@@ -134,7 +134,7 @@ def test_the_same_run_again_and_overwrite(tiny_root, finished, capsys):
 def test_an_interrupted_run_of_other_settings_is_not_discarded(tiny_root, tmp_path, capsys,
                                                                monkeypatch):
     out = tmp_path / "run"
-    import promptviz.train as train_mod
+    import promptviz.train.loop as train_mod
     real = train_mod._check_outputs           # runs after the last epoch's resume.pt
     monkeypatch.setattr(train_mod, "_check_outputs",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -158,7 +158,7 @@ def test_out_that_is_a_file(tiny_root, tmp_path, capsys):
 
 
 def test_read_only_out_found_before_training(tiny_root, tmp_path, capsys, monkeypatch):
-    import promptviz.train as train_mod
+    import promptviz.train.loop as train_mod
     trained = []
     monkeypatch.setattr(train_mod, "train_method", lambda *a, **k: trained.append(1) or [])
     real = Path.write_bytes
@@ -339,7 +339,7 @@ def test_a_corrupt_result_in_a_study_is_run_again(tiny_root, tmp_path, capsys):
 # --------------------------------------------------------------- NaN in JSON (family 6)
 def test_results_are_strict_json():
     from promptviz.errors import PromptvizError
-    from promptviz.train import strict_json
+    from promptviz.train.loop import strict_json
     assert json.loads(strict_json({"acc": 1.5}, "x")) == {"acc": 1.5}
     with pytest.raises(PromptvizError, match="NaN or infinite"):
         strict_json({"acc": float("nan")}, "the results")

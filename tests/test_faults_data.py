@@ -31,8 +31,8 @@ from promptviz.data import (
     scan_data_root,
     subsample_classes,
 )
+from promptviz.data.toyworld import suite
 from promptviz.errors import PromptvizError
-from promptviz.toyworld import suite
 
 CLASSES = ("cat", "dog")
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import promptviz.pretrain as pt
+import promptviz.train.pretrain as pt
 from promptviz.cli import main
 from promptviz.errors import PromptvizError
-from promptviz.pretrain import PretrainConfig, pretrain
+from promptviz.train.pretrain import PretrainConfig, pretrain
 
 
 def _args(out, steps: int = 2, *extra: str) -> list[str]:

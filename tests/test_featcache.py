@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import promptviz
-import promptviz.inputs as pv_inputs
-from promptviz import featcache
+import promptviz.train.inputs as pv_inputs
 from promptviz.cli import main
-from promptviz.inputs import TrainingInputs
-from promptviz.train import TrainConfig, run
+from promptviz.train import featcache
+from promptviz.train.inputs import TrainingInputs
+from promptviz.train.loop import TrainConfig, run
 
 
 def _cfg(root, out, cache, **kw):
@@ -104,7 +104,7 @@ def test_a_failed_write_leaves_nothing_and_trains_on(tiny_root, tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     cache = tmp_path / "cache"
-    monkeypatch.setattr("promptviz.featcache.atomic_write_text", full_disk)
+    monkeypatch.setattr("promptviz.train.featcache.atomic_write_text", full_disk)
     with pytest.warns(UserWarning, match="No space left"):
         run(_cfg(tiny_root, tmp_path / "b", cache))
     assert (tmp_path / "b" / "results.json").is_file() and list(cache.iterdir()) == []
@@ -326,7 +326,7 @@ def test_fingerprint_tells_gelu_from_quickgelu():
     """One state dict loaded as GELU and as QuickGELU: same weights, other features, so
     neither cached features nor a resume or a finished run may be shared between them."""
     from promptviz.backbone import _register_configs
-    from promptviz.featcache import weights_fingerprint
+    from promptviz.train.featcache import weights_fingerprint
     _register_configs()
     cfg = open_clip.get_model_config("pv-tiny")
     quick = open_clip.CLIP(**{**cfg, "quick_gelu": True})

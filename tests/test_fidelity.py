@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import promptviz.train as train_mod
+import promptviz.train.loop as train_mod
 from promptviz.backbone import load_clip
 from promptviz.errors import PromptvizError
 from promptviz.methods import METHODS, build_method
 from promptviz.methods.sep import SEP, SEP_TEMPLATES
-from promptviz.train import TrainConfig, run
+from promptviz.train.loop import TrainConfig, run
 
 NAMES = ["red banded", "green banded", "blue banded"]
 
@@ -247,9 +247,9 @@ def test_fp16_uses_a_gradient_scaler(tiny_root, tmp_path, monkeypatch):
 def test_views_take_features_made_under_bf16_autocast(clip):
     """Every view input a notebook computes from a method, computed under bf16 autocast (as
     on a GPU), goes through the views: bf16 tensors must not reach numpy."""
-    from promptviz.probe import cls_attention
+    from promptviz.analysis.probe import cls_attention
+    from promptviz.arrays import to_uint8_image
     from promptviz.viz.embeddings import project_2d
-    from promptviz.viz.patches import to_uint8_image
     from promptviz.viz.sep import record_scalars, selection_map, tfm_attention
     from promptviz.viz.textrefiner import (
         cache_gallery,

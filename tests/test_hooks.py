@@ -87,8 +87,8 @@ def test_hook_point_ablation_as_an_intervention(tiny_clip, tiny_root):
     """``intervene(m, "vis.L.attn_out=zero")`` ablates through the backbone's hook points,
     and ``intervention_table`` encodes a frozen-input method's images again under it: its
     row is the accuracy measured by hand under the same edit."""
+    from promptviz.analysis.interventions import intervene, intervention_table
     from promptviz.data import load_dataset, load_images
-    from promptviz.interventions import intervene, intervention_table
     from promptviz.methods import build_method
     ds = load_dataset("dtd", str(tiny_root))
     m = build_method("zeroshot", tiny_clip, ds.classnames, ds.template).eval()

@@ -1,4 +1,4 @@
-"""The data side of the method interface (``promptviz.inputs``) and CLIP-Adapter, the method
+"""The data side of the method interface (``promptviz.train.inputs``) and CLIP-Adapter, the method
 the README's walkthrough adds: a method declares what it reads from an image and computes
 ``logits(x)`` / ``loss(x, y)``; training feeds it the same ``x`` from the feature cache or
 from the images, so both paths train identically."""
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from promptviz import featcache
 from promptviz.errors import PromptvizError
-from promptviz.inputs import FrozenFeatures, Pixels
 from promptviz.methods import METHODS, build_method
-from promptviz.train import TrainConfig, run
+from promptviz.methods.inputs import FrozenFeatures, Pixels
+from promptviz.train import featcache
+from promptviz.train.loop import TrainConfig, run
 
 NAMES = ["red banded", "green banded", "blue banded"]
 TEMPLATE = "a photo of a {}."

@@ -8,9 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptviz.errors import PromptvizError
-from promptviz.evaluate import evaluate
-from promptviz.interventions import (
+from promptviz.analysis.interventions import (
     available,
     initial_context,
     intervene,
@@ -18,7 +16,9 @@ from promptviz.interventions import (
     read_statistics,
     selection_control,
 )
+from promptviz.errors import PromptvizError
 from promptviz.methods import build_method
+from promptviz.train.evaluate import evaluate
 
 NAMES = ["red banded", "green banded", "blue banded"]
 

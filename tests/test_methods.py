@@ -108,7 +108,7 @@ def test_cocoop_refuses_class_specific_context(tiny_clip, extra):
 
 
 def test_cocoop_class_specific_refused_before_training(tiny_root, tmp_path):
-    from promptviz.train import TrainConfig, run
+    from promptviz.train.loop import TrainConfig, run
     out = tmp_path / "cocoop-csc"       # few-shot: base2new's own CSC check cannot catch it
     cfg = TrainConfig(method="cocoop", backbone="pv-tiny", dataset="dtd",
                       data_root=str(tiny_root), protocol="fewshot", shots=2, seed=1,

@@ -1,4 +1,4 @@
-"""Helpers of notebooks 01 (zero-shot CLIP) and 02 (CoOp): promptviz.probe and
+"""Helpers of notebooks 01 (zero-shot CLIP) and 02 (CoOp): promptviz.analysis.probe and
 promptviz.viz.similarity, on the tiny DTD and the pv-tiny CLIP."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from promptviz import build_method, load_dataset
-from promptviz.evaluate import evaluate, predict
-from promptviz.probe import (
+from promptviz.analysis.probe import (
     attention_on_object,
     cls_attention,
     confusion_matrix,
@@ -22,7 +21,8 @@ from promptviz.probe import (
     token_strings,
     top_confusions,
 )
-from promptviz.scores import object_area_share
+from promptviz.analysis.scores import object_area_share
+from promptviz.train.evaluate import evaluate, predict
 from promptviz.viz.similarity import confusion_heatmap, probability_bars, similarity_heatmap
 
 

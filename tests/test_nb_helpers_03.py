@@ -49,7 +49,7 @@ def test_two_heatmaps_share_one_scale():
 def test_probe_accuracy_reads_what_is_there_and_nothing_else():
     import torch
 
-    from promptviz.probe import probe_accuracy
+    from promptviz.analysis.probe import probe_accuracy
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 4
     signal = torch.nn.functional.one_hot(y, 4).float() * 6 + torch.randn(200, 4, generator=g)
@@ -62,8 +62,8 @@ def test_probe_accuracy_reads_what_is_there_and_nothing_else():
 def test_global_and_local_features_are_the_image_feature_and_pooled_patches(tiny_clip):
     import torch
 
+    from promptviz.analysis.probe import global_and_local_features
     from promptviz.backbone import ActivationCache
-    from promptviz.probe import global_and_local_features
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     out = global_and_local_features(tiny_clip, images, batch_size=2)     # batches joined
     last = tiny_clip.info.vision_layers - 1

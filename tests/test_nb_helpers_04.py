@@ -7,17 +7,17 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from promptviz.data import load_dataset, load_images
-from promptviz.methods import build_method
-from promptviz.methods.base import trainable_parameter_counts
-from promptviz.scores import (
+from promptviz.analysis.scores import (
     object_area_share,
     object_patches_of,
     on_object_by_layer,
     on_object_share,
     tokens_to_patches,
 )
-from promptviz.toyworld.suite import build_suite, load_ground_truth
+from promptviz.data import load_dataset, load_images
+from promptviz.data.toyworld.suite import build_suite, load_ground_truth
+from promptviz.methods import build_method
+from promptviz.methods.base import trainable_parameter_counts
 from promptviz.viz.sep import on_object_figure
 
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from promptviz import readiness
-from promptviz.compare import (
+from promptviz.errors import PromptvizError
+from promptviz.tools import readiness
+from promptviz.tools.compare import (
     CompareConfig,
     _slug,
     _train_cfg,
@@ -17,8 +18,7 @@ from promptviz.compare import (
     load_study,
     study_command,
 )
-from promptviz.errors import PromptvizError
-from promptviz.readiness import (
+from promptviz.tools.readiness import (
     Readiness,
     check_real_clip,
     cuda_ready,

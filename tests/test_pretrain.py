@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from promptviz.backbone import load_clip
-from promptviz.pretrain import PretrainConfig, pretrain, step_lr
-from promptviz.toyworld.world import SHAPES as SHAPES_
+from promptviz.data.toyworld.world import SHAPES as SHAPES_
+from promptviz.train.pretrain import PretrainConfig, pretrain, step_lr
 
 
 def _cfg(out, steps: int, **kw) -> PretrainConfig:
@@ -29,7 +29,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
-    import promptviz.pretrain as pt
+    import promptviz.train.pretrain as pt
     pretrain(_cfg(tmp_path / "full", steps=6))
     calls = {"n": 0}
     original = pt.clip_loss
@@ -100,9 +100,9 @@ def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):
     import open_clip
 
     import promptviz.backbone
-    from promptviz.modelcard import model_card, provenance
-    from promptviz.pretrain import patch_targets
-    from promptviz.toyworld import sample_batch
+    from promptviz.data.toyworld import sample_batch
+    from promptviz.tools.modelcard import model_card, provenance
+    from promptviz.train.pretrain import patch_targets
     weights = pretrain(_cfg(tmp_path, steps=2, warm_steps=5, log_every=1, probe_every=2))
     # as in a fresh `promptviz toyworld card` process: promptviz's configs not registered yet
     monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, "pv-tiny")
@@ -128,8 +128,8 @@ def test_warm_from_an_earlier_warm_start(tmp_path):
     import pytest
 
     from promptviz.errors import PromptvizError
-    from promptviz.modelcard import provenance
-    from promptviz.pretrain import load_warm_start
+    from promptviz.tools.modelcard import provenance
+    from promptviz.train.pretrain import load_warm_start
     warm = pretrain(_cfg(tmp_path / "warm", steps=0, warm_steps=4))
     clip = load_clip(str(warm)).model
     # the image tower is taken over exactly (the export is fp16, the model fp32)
@@ -158,7 +158,7 @@ def test_warm_from_an_earlier_warm_start(tmp_path):
 def test_attribute_heads_and_noisy_captions_train_and_resume(tmp_path, monkeypatch):
     import pytest
 
-    import promptviz.pretrain as pt
+    import promptviz.train.pretrain as pt
     from promptviz.errors import PromptvizError
     kw = dict(aux_weight=0.5, caption_noise=0.3)
     pretrain(_cfg(tmp_path / "full", steps=4, **kw))
@@ -191,14 +191,14 @@ def test_attribute_heads_and_noisy_captions_train_and_resume(tmp_path, monkeypat
         assert not (tmp_path / "bad").exists()
     with pytest.raises(PromptvizError, match="aux-weight 0.5, not 0.0"):
         pretrain(_cfg(tmp_path / "part", steps=6, caption_noise=0.3))
-    from promptviz.modelcard import provenance
+    from promptviz.tools.modelcard import provenance
     command = provenance(tmp_path / "full", tmp_path / "full" / "toyclip.safetensors")["command"]
     assert command.endswith("--caption-noise 0.3 --aux-weight 0.5")
 
 
 def test_attribute_loss_names_the_main_object():
-    from promptviz.pretrain import ATTRIBUTES, SCENE_ATTRIBUTES, attribute_loss
-    from promptviz.toyworld import sample_batch
+    from promptviz.data.toyworld import sample_batch
+    from promptviz.train.pretrain import ATTRIBUTES, SCENE_ATTRIBUTES, attribute_loss
     batch = sample_batch(16, torch.Generator().manual_seed(0), 32)
     heads = torch.nn.ModuleDict({a: torch.nn.Linear(8, len(v)) for a, v in
                                  {**ATTRIBUTES, **SCENE_ATTRIBUTES}.items()})
@@ -223,7 +223,7 @@ def test_init_from_goes_on_from_a_whole_clip_with_the_image_tower_locked(tmp_pat
     import pytest
 
     from promptviz.errors import PromptvizError
-    from promptviz.modelcard import provenance
+    from promptviz.tools.modelcard import provenance
     first = pretrain(_cfg(tmp_path / "first", steps=2))
     kw = dict(init_from=str(first), image_lr_scale=0.0, paint_names=0.5)
     more = pretrain(_cfg(tmp_path / "more", steps=2, **kw))

@@ -207,7 +207,7 @@ def test_cli_train(tiny_root, tmp_path, extra):
                                                      ("vision", (), (1, 2), "tfm=raw_text")])
 def test_one_tower_sep_is_both_with_the_other_rebuild_removed(tiny_clip, towers, text, vis,
                                                                replaced):
-    from promptviz.interventions import intervene
+    from promptviz.analysis.interventions import intervene
     one, both = _sep(tiny_clip, towers=towers), _sep(tiny_clip)
     assert (one.text_layers, one.vis_layers) == (text, vis)
     assert len(one.text_tfm) == len(text) and len(one.vis_tfm) == len(vis)
@@ -223,7 +223,7 @@ def test_one_tower_sep_is_both_with_the_other_rebuild_removed(tiny_clip, towers,
 
 
 def test_score_option_trains_with_the_rule_the_intervention_swaps_in(tiny_clip):
-    from promptviz.interventions import intervene
+    from promptviz.analysis.interventions import intervene
     images, _ = _batch()
     energy, by_attention = _sep(tiny_clip), _sep(tiny_clip, score="cls_attention")
     with torch.no_grad(), intervene(energy, "selection=cls_attention"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from promptviz.cli import build_parser
-from promptviz.compare import CompareConfig, compare, load_study, study_command
-from promptviz.toyworld.suite import build_suite
+from promptviz.data.toyworld.suite import build_suite
+from promptviz.tools.compare import CompareConfig, compare, load_study, study_command
 
 STUDIES = Path(__file__).resolve().parents[1] / "notebooks" / "studies"
 FOLDERS = sorted(p.parent.name for p in STUDIES.glob("*/table.json"))

@@ -197,7 +197,7 @@ def test_bad_options(tiny_clip):
 def test_read_temperature_sharpens_the_read(tiny_clip):
     """τ divides the read's scores: r_c = softmax_j(q_c·A_j / τ)·A, recomputed by hand; the
     authors' τ = 1 keeps every class near the uniform mix, a small τ makes the reads differ."""
-    from promptviz.interventions import read_statistics
+    from promptviz.analysis.interventions import read_statistics
     stats = {}
     for tau in (1.0, 0.01):
         m = _refiner(tiny_clip, read_temperature=tau).eval()
@@ -256,7 +256,7 @@ def test_cli_train_kgcoop_base(tiny_root, tmp_path, capsys):
                  "--set", "read_temperature=0.01"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "textrefiner" and res["options"]["base_method"] == "kgcoop"
-    from promptviz.train import load_method
+    from promptviz.train.loop import load_method
     assert load_method(out)[0].options.read_temperature == 0.01   # the option came back too
     assert {"ce", "local", "reg", "kg"} <= set(res["history"][-1])
     capsys.readouterr()

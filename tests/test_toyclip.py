@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from promptviz.backbone import TOYCLIP_WEIGHTS, load_clip
-from promptviz.modelcard import REFERENCE, markdown, quality_bars, reference_logits
+from promptviz.tools.modelcard import REFERENCE, markdown, quality_bars, reference_logits
 
 
 def test_toyclip_loads_through_the_common_loader():
@@ -30,8 +30,8 @@ def test_coop_improves_on_the_dtd_style_template(tmp_path):
     91.7 / 90.0 / HM 90.8, CoOp 93.3 / 95.0 / HM 94.2 (60 test images per half). The
     issue's larger target, CoOp +5 on base classes on average, is not met by toyclip
     (see assets/toyclip/MODEL_CARD.md)."""
-    from promptviz.toyworld.suite import build_suite
-    from promptviz.train import TrainConfig, run
+    from promptviz.data.toyworld.suite import build_suite
+    from promptviz.train.loop import TrainConfig, run
     build_suite(tmp_path, n_train=16, n_val=2, n_test=20, datasets=["toy_textures"])
     common = dict(backbone="toyclip", dataset="toy_textures", data_root=str(tmp_path),
                   shots=16, seed=1, progress=False)
@@ -67,7 +67,7 @@ def test_the_shipped_card_is_rendered_from_its_measurements():
     """MODEL_CARD.md is ``model_card(card.json, provenance.json)`` as written by
     ``promptviz toyworld card --update-card``: no number in it was typed in by hand after
     the measurement (the ones its template still carries are flagged in issue #21)."""
-    from promptviz.modelcard import CARD_JSON, PROVENANCE, model_card
+    from promptviz.tools.modelcard import CARD_JSON, PROVENANCE, model_card
     folder = TOYCLIP_WEIGHTS.parent
     card = json.loads((folder / CARD_JSON).read_text())
     prov = json.loads((folder / PROVENANCE).read_text())
@@ -80,7 +80,7 @@ def test_readme_quotes_the_cards_coop_gains():
     """The README's status paragraph quotes the card's CoOp gains; re-read them here."""
     from pathlib import Path
 
-    from promptviz.modelcard import CARD_JSON
+    from promptviz.tools.modelcard import CARD_JSON
     card = json.loads((TOYCLIP_WEIGHTS.parent / CARD_JSON).read_text())
     gains = {z["dataset"]: c["base_acc"] - z["base_acc"]
              for z, c in zip(card["zeroshot_b2n"], card["coop_b2n"])}

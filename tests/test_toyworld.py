@@ -13,12 +13,17 @@ import torch
 from PIL import Image
 
 from promptviz.data import load_dataset, scan_data_root
-from promptviz.errors import PromptvizError
-from promptviz.toyworld import caption, patch_attributes, patch_labels, render_scenes, sample_batch
-from promptviz.toyworld.captions import COLOUR_WORDS, PAINT_WORDS, SHAPE_WORDS, WEAVE_WORDS
-from promptviz.toyworld.render import object_masks, patch_coverage
-from promptviz.toyworld.suite import DATASETS, build_suite, class_folder, load_ground_truth
-from promptviz.toyworld.world import (
+from promptviz.data.toyworld import (
+    caption,
+    patch_attributes,
+    patch_labels,
+    render_scenes,
+    sample_batch,
+)
+from promptviz.data.toyworld.captions import COLOUR_WORDS, PAINT_WORDS, SHAPE_WORDS, WEAVE_WORDS
+from promptviz.data.toyworld.render import object_masks, patch_coverage
+from promptviz.data.toyworld.suite import DATASETS, build_suite, class_folder, load_ground_truth
+from promptviz.data.toyworld.world import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -29,6 +34,7 @@ from promptviz.toyworld.world import (
     restyle,
     sample_scene,
 )
+from promptviz.errors import PromptvizError
 
 
 def _one(r, **main) -> Scene:

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from promptviz.cli import main
 from promptviz.data import load_dataset, subsample_classes
 from promptviz.errors import Diverged
-from promptviz.evaluate import aggregate, harmonic_mean
 from promptviz.methods.coop import CoOp
-from promptviz.train import TrainConfig, lr_at, optimizer_steps, run
+from promptviz.metrics import aggregate, harmonic_mean
+from promptviz.train.loop import TrainConfig, lr_at, optimizer_steps, run
 
 
 def _train(root: Path, out: Path, *extra: str) -> int:
@@ -344,7 +344,7 @@ def test_training_bar_shows_each_epochs_loss_and_accuracy(tiny_root, tmp_path, m
 def test_on_epoch_sees_the_history_grow_and_live_curves_draw_it(tiny_root, tmp_path):
     """``run(on_epoch=...)`` is called after every epoch with the history so far; the
     notebooks' LiveCurves turn those calls into the learning-curve figure."""
-    from promptviz.notebook import LiveCurves
+    from promptviz.viz.notebook import LiveCurves
     curves = LiveCurves()
     assert curves.figure().layout.annotations[0].text == "no epoch finished yet"
     seen = []
@@ -366,7 +366,7 @@ def test_on_epoch_sees_the_history_grow_and_live_curves_draw_it(tiny_root, tmp_p
 def test_a_run_saves_the_predictions_its_accuracies_come_from(tiny_root, tmp_path):
     """predictions.npz holds each evaluation set's top-1 predictions and labels; they score
     exactly the results' accuracies, and a failed rerun leaves no stale copy."""
-    from promptviz.train import PREDICTIONS, load_predictions
+    from promptviz.train.loop import PREDICTIONS, load_predictions
     out = tmp_path / "preds"
     cfg = TrainConfig(method="coop", backbone="pv-tiny", dataset="dtd",
                       data_root=str(tiny_root), shots=2, epochs=1, progress=False,

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from promptviz import scores
+from promptviz.analysis import scores
 from promptviz.viz import embeddings as emb
 from promptviz.viz import sep as sepv
 from promptviz.viz import standalone_html
@@ -164,7 +164,7 @@ def test_on_object_share_hand_example():
 
 
 def test_patch_labels_from_ground_truth():
-    from promptviz.toyworld.world import Obj
+    from promptviz.data.toyworld.world import Obj
     lab = np.array([[[0, 1], [2, 0]], [[1, 1], [0, 0]]])
     assert scores.patch_object_mask(lab).tolist() == [[False, True, True, False],
                                                       [True, True, False, False]]
@@ -185,7 +185,7 @@ def test_patch_labels_from_ground_truth():
 # --- explorers ------------------------------------------------------------------------
 
 def test_textrefiner_explorer_reacts():
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
     assert set(ex.figures) == {"attention", "slot_in_image", "class", "slot"}
     before = {k: f.to_json() for k, f in ex.figures.items()}
@@ -203,7 +203,7 @@ def test_textrefiner_explorer_reacts():
 
 @pytest.mark.parametrize("mode", ["faithful", "per_sample"])
 def test_sep_explorer_reacts(mode):
-    from promptviz.widgets import sep_explorer
+    from promptviz.viz.widgets import sep_explorer
     ex = sep_explorer(_images(), _record(mode), text_tokens=["⟨SOS⟩"] + ["x"] * 10)
     before = {k: f.to_json() for k, f in ex.figures.items()}
     ex.controls["block"].value = 2
@@ -219,7 +219,7 @@ def test_sep_explorer_reacts(mode):
 
 def test_methods_feed_the_views(tiny_clip, tmp_path):
     from promptviz.methods import build_method
-    from promptviz.widgets import sep_explorer, textrefiner_explorer
+    from promptviz.viz.widgets import sep_explorer, textrefiner_explorer
     torch.set_num_threads(1)
     imgs = _images(3, seed=5)
     x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
@@ -293,7 +293,7 @@ def test_static_explorer_stores_every_state_of_every_view():
     import json
 
     from promptviz.viz.static_explorer import _key, precompute
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
     controls = ex.static_controls()
     data = precompute(controls, ex.views)
@@ -312,7 +312,7 @@ def test_static_explorer_stores_every_state_of_every_view():
 
 
 def test_static_explorer_html_is_stable_and_self_contained():
-    from promptviz.widgets import sep_explorer
+    from promptviz.viz.widgets import sep_explorer
     ex = sep_explorer(_images(), _record("per_sample"), text_tokens=["⟨SOS⟩"] + ["x"] * 10)
     a, b = ex.to_html(include_plotlyjs=False), ex.to_html(include_plotlyjs=False)
     assert a == b                                  # committed notebooks do not churn
@@ -326,7 +326,7 @@ def test_static_explorer_html_is_stable_and_self_contained():
 
 
 def test_static_explorer_keeps_the_first_options_and_says_so():
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
     ex.static_keep = {"image": 2, "slot": 1}
     html = ex.to_html(include_plotlyjs=False)
@@ -336,7 +336,7 @@ def test_static_explorer_keeps_the_first_options_and_says_so():
 
 def test_static_explorer_refuses_too_many_states():
     from promptviz.viz.static_explorer import TooManyStates, precompute
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES)
     with pytest.raises(TooManyStates, match=r"view 'slot_in_image' reads \['image', 'slot'\]"
                                             r".*fewer images"):
@@ -370,7 +370,7 @@ def test_sep_views_say_block_and_show_what_they_name():
 
 
 def test_sep_explorer_shows_the_picked_images_prompt():
-    from promptviz.widgets import sep_explorer
+    from promptviz.viz.widgets import sep_explorer
     tokens = {c: ["⟨SOS⟩", "x", "x", c, ".", "⟨EOT⟩"] for c in ("star", "heart")}
     ex = sep_explorer(_images(), _record("per_sample"), image_labels=["star", "heart", "star"],
                       text_tokens=tokens)
@@ -390,7 +390,7 @@ def test_class_reads_figure_marks_the_uniform_read():
 
 
 def test_textrefiner_explorer_says_when_a_slot_is_empty():
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     local = _local()
     local["slot"] = np.where(local["slot"] == 4, 0, local["slot"])      # nothing in slot 4
     ex = textrefiner_explorer(_images(), local, _read_weights(), NAMES)
@@ -402,7 +402,7 @@ def test_textrefiner_explorer_says_when_a_slot_is_empty():
 def test_textrefiner_explorer_names_background_slots_with_ground_truth():
     """Nearest words describe a slot's vector, not whether it holds objects: with the
     object share of each slot, background slots say so and object slots come first."""
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     words = [["yellow"], ["red"], ["pink"], ["yellow"], ["orange"]]
     share = [0.0, 0.6, 0.3, np.nan, 0.05]
     ex = textrefiner_explorer(_images(), _local(), _read_weights(), NAMES, slot_words=words,

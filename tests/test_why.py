@@ -1,5 +1,5 @@
-"""Why this prediction: promptviz.why (scores, maps, confusions) and its views and explorer,
-on the tiny DTD and the pv-tiny CLIP."""
+"""Why this prediction: promptviz.analysis.why (scores, maps, confusions) and its views and
+explorer, on the tiny DTD and the pv-tiny CLIP."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from promptviz import build_method, load_dataset
+from promptviz.analysis.probe import cls_attention, confusion_matrix, load_images
+from promptviz.analysis.why import explain, spread
 from promptviz.data import subsample_classes
-from promptviz.evaluate import evaluate, predict
-from promptviz.probe import cls_attention, confusion_matrix, load_images
+from promptviz.train.evaluate import evaluate, predict
 from promptviz.viz.why import RIGHT, WRONG, looked_at_figure, top_classes
-from promptviz.why import explain, spread
-from promptviz.widgets import BUSY, why_explorer
+from promptviz.viz.widgets import BUSY, why_explorer
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_frozen_towers_share_a_map_textrefiner_and_sep_have_their_own(why, train
 
 
 def test_frozen_map_is_cls_attention_of_the_last_block(trained, halves, tiny_clip):
-    from promptviz.why import looked_at
+    from promptviz.analysis.why import looked_at
     d = halves["base"]
     x, _ = load_images(spread(d.test, 4), tiny_clip)
     heat, marked, _ = looked_at(trained["zero-shot"], x, k=3)

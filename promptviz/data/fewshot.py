@@ -37,7 +37,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from promptviz.checkpoint import usual_mode
+from promptviz.checkpoint import user_cache_dir, usual_mode
 from promptviz.data.datasets import Dataset, Sample, _first
 from promptviz.errors import PromptvizError
 
@@ -75,12 +75,6 @@ def _sample_split(ds: Dataset, samples: list[Sample], k: int, seed: int, tag: st
 
 
 # ------------------------------------------------------------------------- cache
-def user_cache_dir() -> Path:
-    """``$PROMPTVIZ_CACHE`` or ``~/.cache/promptviz``: where caches go when the dataset
-    folder is read-only."""
-    return Path(os.environ.get("PROMPTVIZ_CACHE") or "~/.cache/promptviz").expanduser()
-
-
 def cache_paths(ds: Dataset, shots: int, seed: int) -> list[Path]:
     """Where the few-shot cache of ``ds`` is looked for, in order."""
     fname = f"shots{shots}_seed{seed}_{ds.split_hash}.json"

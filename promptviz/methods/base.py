@@ -14,7 +14,7 @@ A method is a small ``nn.Module`` around a frozen :class:`~promptviz.backbone.Ba
   the parameters that train plus any non-gradient state (TextRefiner's cache).
 
 ``x`` is what the method reads from an image, as its ``image_input`` declares
-(:mod:`promptviz.inputs`): the frozen tower's features (computed once and cached by
+(:mod:`promptviz.train.inputs`): the frozen tower's features (computed once and cached by
 training, with no code in the method) or the pixels. ``method(images)`` gives the logits
 from pixels.
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
-from promptviz.inputs import FrozenFeatures, ImageInput
+from promptviz.methods.inputs import FrozenFeatures, ImageInput
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ class Method(nn.Module):
     """Base class: the frozen image feature against the class embeddings, cosine logits.
 
     ``x`` is what the method reads from an image, declared by :attr:`image_input`
-    (:mod:`promptviz.inputs`): the frozen tower's features by default, the pixels for a
+    (:mod:`promptviz.train.inputs`): the frozen tower's features by default, the pixels for a
     method that changes the image tower (SEP). The data side makes ``x`` (from pixels, or
     from the training feature cache); the method only computes with it."""
 

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
-from promptviz.inputs import FrozenFeatures
 from promptviz.methods.base import TrainDefaults
+from promptviz.methods.inputs import FrozenFeatures
 from promptviz.methods.zeroshot import ZeroShot, ZeroShotOptions
 
 

@@ -52,9 +52,9 @@ from torch import Tensor, nn
 
 from promptviz.backbone import ActivationCache, Backbone, Hook
 from promptviz.errors import PromptvizError
-from promptviz.inputs import FrozenFeatures, Pixels
 from promptviz.methods.base import Method, TrainDefaults, zero_shot_text_features
 from promptviz.methods.coop import PromptLearner
+from promptviz.methods.inputs import FrozenFeatures, Pixels
 
 TOWERS = {"both": ("txt", "vis"), "text": ("txt",), "vision": ("vis",)}   # rebuilt towers
 SCORES = ("energy", "random", "cls_attention")
@@ -255,7 +255,7 @@ class SEP(Method):
         """Selection score of each of the first ``n`` visual tokens entering block ``layer``
         (``x``: ``[B, N + K, D_v]``, the K prompts last): their mean squared activation,
         ``[B, N]``. The top-K win. ``options.score`` trains with another rule instead (an
-        ablation); ``promptviz.interventions`` swaps the rule at test time."""
+        ablation); ``promptviz.analysis.interventions`` swaps the rule at test time."""
         if self.options.score == "random":                 # the run's seeded global RNG
             return torch.rand(x.shape[0], n, device=x.device)
         if self.options.score == "cls_attention":

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
-from promptviz.inputs import FrozenFeatures
 from promptviz.methods.base import Method, TrainDefaults
 from promptviz.methods.coop import CoOp
+from promptviz.methods.inputs import FrozenFeatures
 from promptviz.methods.kgcoop import KgCoOp, KgCoOpOptions
 
 BASE_CLASSES = {"coop": CoOp, "kgcoop": KgCoOp}  # wrappable: image-independent text prompts

@@ -13,18 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-
-def to_uint8_image(image: np.ndarray, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None) -> np.ndarray:
-    """A ``[3, H, W]`` or ``[H, W, 3]`` float image (optionally CLIP-normalised) as uint8 HWC."""
-    x = np.asarray(image, dtype=np.float32)
-    if x.ndim == 3 and x.shape[0] == 3:
-        x = x.transpose(1, 2, 0)
-    if mean is not None and std is not None:
-        x = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    if x.max() <= 1.0 + 1e-6:
-        x = x * 255.0
-    return np.clip(x, 0, 255).astype(np.uint8)
+from promptviz.arrays import to_uint8_image
 
 
 def _grid(values: np.ndarray) -> np.ndarray:

@@ -55,7 +55,8 @@ class Report:
         return self
 
     def explorer(self, explorer: object) -> Report:
-        """An explorer that works without a kernel (:meth:`promptviz.widgets.Explorer.to_html`)."""
+        """An explorer that works without a kernel
+        (:meth:`promptviz.viz.widgets.Explorer.to_html`)."""
         self.parts.append(explorer.to_html(include_plotlyjs=not self._plotly_js))
         self._plotly_js = True
         return self

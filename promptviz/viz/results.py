@@ -69,7 +69,7 @@ def intervention_bars(tables: Mapping[str, Sequence[Mapping]],
                       title: str = "Accuracy change under each intervention (points)"
                       ) -> go.Figure:
     """Horizontal bars of ``delta`` per intervention, one colour per table (e.g. ``{"base":
-    rows, "novel": rows}`` from :func:`promptviz.interventions.intervention_table`); the
+    rows, "novel": rows}`` from :func:`promptviz.analysis.interventions.intervention_table`); the
     untouched row is left out, a line marks zero and each bar is labelled with its value."""
     fig = go.Figure()
     for name, rows in tables.items():

@@ -23,8 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from promptviz.viz.embeddings import as_numpy
-from promptviz.viz.patches import _add_patch_view, to_uint8_image
+from promptviz.arrays import as_numpy, to_uint8_image
+from promptviz.viz.patches import _add_patch_view
 from promptviz.viz.textrefiner import add_outlines
 
 PAD, SOS, EOT = "⟨pad⟩", "⟨SOS⟩", "⟨EOT⟩"

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from promptviz.viz.embeddings import STAGE_COLOURS, as_numpy
+from promptviz.arrays import as_numpy
+from promptviz.viz.embeddings import STAGE_COLOURS
 
 
 def _labels(names: Sequence[str]) -> list[str]:

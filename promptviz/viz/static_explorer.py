@@ -1,6 +1,6 @@
 """Explorers without a kernel: every state precomputed, a few lines of script to switch.
 
-A live explorer (:mod:`promptviz.widgets`) re-renders a figure in Python when a control
+A live explorer (:mod:`promptviz.viz.widgets`) re-renders a figure in Python when a control
 moves. Here every figure a view can show is rendered up front — one per combination of
 the controls *that view reads* — and written into one HTML fragment with the controls as
 plain ``<select>`` / ``<input type="range">`` elements and a short script that swaps the

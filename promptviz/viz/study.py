@@ -1,9 +1,9 @@
 """Views of a ``promptviz compare`` study: a text table, a transfer pivot, base vs novel.
 
-All three take the table :func:`promptviz.compare.summarise` returns (plain dicts
+All three take the table :func:`promptviz.tools.compare.summarise` returns (plain dicts
 with ``method``, ``dataset``, ``shots``, the metrics and their ``*_std``). They show
 each row's ``hm`` as it is, and the table holds one HM convention
-(:data:`promptviz.evaluate.HM_CONVENTION`): a row's HM is the harmonic mean of that row's
+(:data:`promptviz.metrics.HM_CONVENTION`): a row's HM is the harmonic mean of that row's
 own (seed- or dataset-averaged) base and novel accuracies, as in the papers' tables, and
 the ``± std`` shown next to it is the std of the per-seed HMs.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from promptviz.evaluate import harmonic_mean
+from promptviz.metrics import REFERENCE_B2N, harmonic_mean
 
 B2N_METRICS = ("base_acc", "new_acc", "hm")
 _HEAD = {"base_acc": "base", "new_acc": "novel", "hm": "HM", "acc": "acc"}
@@ -41,8 +41,9 @@ def format_study(table: Sequence[dict[str, Any]], digits: int = 1,
                  methods: Sequence[str] | None = None) -> str:
     """A plain-text table, one line per (method, dataset, shots): base / novel / HM for
     base-to-novel rows, accuracy otherwise; ``± std`` where there are several seeds.
-    HM is the HM of the row's own base and novel (:data:`~promptviz.evaluate.HM_CONVENTION`);
-    its ``± std`` is the std of the per-seed HMs.
+    HM is the HM of the row's own base and novel
+    (:data:`~promptviz.metrics.HM_CONVENTION`); its ``± std`` is the std of the per-seed
+    HMs.
 
     ``methods`` orders the rows (each method's datasets, then its average row); by
     default the table's own order.
@@ -213,6 +214,5 @@ def base_novel_scatter(rows: Sequence[dict[str, Any]], label: str = "method",
 
 def reference_rows() -> list[dict[str, Any]]:
     """The papers' reported averages (methods.md §7) as table rows (not measured here)."""
-    from promptviz.compare import REFERENCE_B2N
     return [{"method": k, "dataset": "11 datasets (paper)", "base_acc": b,
              "new_acc": n, "hm": h} for k, (b, n, h) in REFERENCE_B2N.items()]

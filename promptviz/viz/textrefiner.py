@@ -20,8 +20,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from promptviz.viz.embeddings import as_numpy
-from promptviz.viz.patches import outline_patches, patch_overlay, to_uint8_image
+from promptviz.arrays import as_numpy, to_uint8_image
+from promptviz.viz.patches import outline_patches, patch_overlay
 
 OUTLINE = "#ff2d2d"
 

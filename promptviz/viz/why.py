@@ -1,7 +1,7 @@
 """Why this prediction? The top classes of several methods on one image side by side, and
 the patches each looked at.
 
-Functions of plain arrays (:class:`promptviz.why.Why` holds them for a batch); the
+Functions of plain arrays (:class:`promptviz.analysis.why.Why` holds them for a batch); the
 confusion matrices are :func:`promptviz.viz.similarity.confusion_heatmap`.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from promptviz.viz.embeddings import as_numpy
-from promptviz.viz.patches import outline_patches, patch_grid, to_uint8_image
+from promptviz.arrays import as_numpy, to_uint8_image
+from promptviz.viz.patches import outline_patches, patch_grid
 
 RIGHT, WRONG, OTHER = "#2e7d32", "#c62828", "#b0b7c3"
 

@@ -79,8 +79,8 @@ def demo_report_file(tmp_path_factory) -> Path:
     """``runs/demo/report.html`` as ``make demo`` writes it: the same ``run_demo``, on a
     small ToyWorld suite with the random pv-tiny backbone and one epoch (seconds, not the
     demo's minutes; the report's structure does not depend on the numbers)."""
-    from promptviz.demo import DemoConfig, run_demo
-    from promptviz.toyworld.suite import build_suite
+    from promptviz.data.toyworld.suite import build_suite
+    from promptviz.tools.demo import DemoConfig, run_demo
     root = tmp_path_factory.mktemp("demo")
     build_suite(root / "toy", n_train=4, n_val=1, n_test=2, datasets=["toy_fine"])
     return run_demo(DemoConfig(out=str(root / "demo"), data_root=str(root / "toy"),

@@ -23,7 +23,7 @@ import torch
 from browserkit import Offline, OfflinePage, assert_painted
 
 import promptviz.viz
-from promptviz.toyworld import sample_batch
+from promptviz.data.toyworld import sample_batch
 from promptviz.viz import (
     embeddings,
     patches,

@@ -49,10 +49,9 @@ import torch
 from PIL import Image
 
 from promptviz.checkpoint import make_folder
-from promptviz.errors import PromptvizError
-from promptviz.toyworld.captions import PAINT_WORDS, WEAVE_WORDS
-from promptviz.toyworld.render import patch_labels, render_scenes
-from promptviz.toyworld.world import (
+from promptviz.data.toyworld.captions import PAINT_WORDS, WEAVE_WORDS
+from promptviz.data.toyworld.render import patch_labels, render_scenes
+from promptviz.data.toyworld.world import (
     COLOURS,
     PATTERNS,
     POSITIONS,
@@ -63,6 +62,7 @@ from promptviz.toyworld.world import (
     restyle,
     sample_scene,
 )
+from promptviz.errors import PromptvizError
 
 SUITE_VERSION = 2
 SPLITS = ("train", "val", "test")
@@ -370,7 +370,7 @@ def load_ground_truth(impath: str | Path) -> GroundTruth:
     missing = [str(p) for p in (gt_file, mask_file) if not p.is_file()]
     if missing:
         raise PromptvizError(f"no ToyWorld ground truth for {path}: missing {missing}. Only images "
-                             "written by promptviz.toyworld.suite.build_suite have sidecars.")
+                             "written by promptviz.data.toyworld.suite.build_suite have sidecars.")
     d = json.loads(gt_file.read_text())
     with Image.open(mask_file) as im:
         instance = np.array(im, dtype=np.uint8)

@@ -215,7 +215,7 @@ def selection_control(method: Method, images: torch.Tensor, object_patches: Any 
     ``object_patches`` (``[B, g²]`` bool), ``on_object`` against ``area`` (its chance).
     With a batch selection (faithful mode) one choice serves every image, so ``top_share``
     is 1 by construction and ``top_token`` is one of that choice's tokens."""
-    from promptviz.scores import object_area_share, on_object_share, tokens_to_patches
+    from promptviz.analysis.scores import object_area_share, on_object_share, tokens_to_patches
     if method.name != "sep":
         raise PromptvizError(f"selection_control is for SEP's token selection, not {method.name}")
     blank = torch.zeros_like(images[:1]) if blank is None else blank
@@ -251,7 +251,7 @@ def intervention_table(method: Method, samples: Sequence[Sample] | torch.Tensor,
     them across calls, as a preprocessed ``[N, 3, S, S]`` tensor with ``labels``.
     ``batch_size`` defaults to the method's evaluation batch (SEP's faithful mode depends
     on it), in file order and under the same ``precision`` as
-    :func:`promptviz.evaluate.evaluate` (NaN scores raise :class:`Diverged` as there)."""
+    :func:`promptviz.train.evaluate.evaluate` (NaN scores raise :class:`Diverged` as there)."""
     if isinstance(samples, torch.Tensor):
         if labels is None:
             raise PromptvizError("intervention_table got an image tensor without its labels")

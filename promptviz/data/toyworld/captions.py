@@ -19,7 +19,7 @@ import random
 
 import numpy as np
 
-from promptviz.toyworld.world import Obj, Scene, as_random
+from promptviz.data.toyworld.world import Obj, Scene, as_random
 
 SHAPE_WORDS = {
     "circle": ("circle", "round disc", "disc", "round shape"),

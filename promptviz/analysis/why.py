@@ -1,7 +1,7 @@
 """Why this prediction? What each trained method scored on the same test images, where it
 looked, and which classes it mixes up.
 
-:func:`explain` gathers plain arrays (a :class:`Why`) for :func:`promptviz.widgets.why_explorer`
+:func:`explain` gathers plain arrays (a :class:`Why`) for :func:`promptviz.viz.widgets.why_explorer`
 and the demo report:
 
 * the logits of every method over the candidates of the image's half (base-to-novel tests
@@ -13,7 +13,7 @@ and the demo report:
   energy and the tokens it selected before its last rebuilt block (its prompted tower
   attends differently, so its map is its own);
 * confusion matrices over each half's whole test split, from the same predictions
-  :func:`~promptviz.evaluate.evaluate` scores (same batch size), so their diagonals give
+  :func:`~promptviz.train.evaluate.evaluate` scores (same batch size), so their diagonals give
   the run's accuracy back.
 """
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from promptviz.analysis.probe import cls_attention, confusion_matrix, load_images
 from promptviz.data import Dataset, Sample
-from promptviz.evaluate import predict
 from promptviz.methods import Method
-from promptviz.probe import cls_attention, confusion_matrix, load_images
+from promptviz.train.evaluate import predict
 
 
 @dataclass
@@ -93,7 +93,7 @@ def explain(methods: Mapping[str, Method], halves: Mapping[str, Dataset], per_ha
     ``batch_size`` is the evaluation batch of the confusion matrices (keep the runs'
     ``eval_batch_size`` for SEP's faithful mode, whose predictions depend on the batch).
     ``predictions[method][half] = (preds, labels)`` that a run saved
-    (:func:`promptviz.train.load_predictions`) are used instead of predicting again.
+    (:func:`promptviz.train.loop.load_predictions`) are used instead of predicting again.
     Leaves every method set to the classes of the last half."""
     if not methods:
         raise ValueError("explain() needs at least one trained method")

@@ -1,6 +1,6 @@
 """One call at the top of every notebook: offline figures and reproducible numbers.
 
-    from promptviz.notebook import setup
+    from promptviz.viz.notebook import setup
     setup(seed=0)
 
 - plotly figures are shown through plotly's JSON mimetype, which JupyterLab,

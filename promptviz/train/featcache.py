@@ -1,7 +1,7 @@
 """The on-disk cache of frozen image-tower features for training.
 
 CoOp, KgCoOp and TextRefiner never change the image tower, so training encodes each
-training image once per augmented view (:class:`promptviz.inputs.TrainingInputs`) and
+training image once per augmented view (:class:`promptviz.train.inputs.TrainingInputs`) and
 trains from the result. This module keeps that result on disk, so a second run with the same
 images, views and backbone (another method of the same family, a rerun, a resumed
 study) starts training at once.
@@ -52,8 +52,7 @@ from typing import Any
 
 import torch
 
-from promptviz.checkpoint import atomic_torch_save, atomic_write_text
-from promptviz.data.fewshot import user_cache_dir
+from promptviz.checkpoint import atomic_torch_save, atomic_write_text, user_cache_dir
 from promptviz.errors import PromptvizError
 
 Views = list[tuple[dict[str, torch.Tensor], torch.Tensor]]

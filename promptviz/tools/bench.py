@@ -54,16 +54,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from promptviz import featcache
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.errors import PromptvizError
-from promptviz.inputs import cached_batches
 from promptviz.methods import METHODS, Method, build_method, method_class
 from promptviz.methods.base import zero_shot_text_features
 from promptviz.methods.zeroshot import ZeroShot
 from promptviz.precision import autocast_for, resolve_precision
-from promptviz.train import TrainConfig, check_device, make_optimizer
+from promptviz.train import featcache
+from promptviz.train.inputs import cached_batches
+from promptviz.train.loop import TrainConfig, check_device, make_optimizer
 
 BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep")
 SCHEMA = "promptviz-bench/1"

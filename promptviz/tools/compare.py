@@ -7,7 +7,7 @@ was computed with other backbone weights or settings (its ``run_key``), which is
 again. The table
 is computed in code from those files (no log scraping): per-dataset mean ± std over
 seeds, and an average row per method (the mean over its datasets). One HM convention
-(:data:`promptviz.evaluate.HM_CONVENTION`), as the papers' tables: every row's HM is the
+(:data:`promptviz.metrics.HM_CONVENTION`), as the papers' tables: every row's HM is the
 harmonic mean of that row's own base and novel accuracies (seed-averaged in a dataset's
 row, dataset-averaged in an average row), never a mean of HMs; a dataset row's ``hm_std``
 is the std of its per-seed HMs. table.json says so in its ``notes``.
@@ -37,12 +37,12 @@ from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data.datasets import load_dataset, looks_like_path
 from promptviz.errors import PromptvizError, did_you_mean
-from promptviz.evaluate import HM_CONVENTION, aggregate, harmonic_mean
-from promptviz.featcache import weights_fingerprint
 from promptviz.methods import METHODS, build_method, method_class
 from promptviz.methods.base import parse_options
+from promptviz.metrics import HM_CONVENTION, REFERENCE_B2N, aggregate, harmonic_mean
 from promptviz.progress import progress_bar
-from promptviz.train import (
+from promptviz.train.featcache import weights_fingerprint
+from promptviz.train.loop import (
     RESULTS,
     TrainConfig,
     check_device,
@@ -54,14 +54,6 @@ from promptviz.viz import Report, accuracy_bars, results_table_html
 
 PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg")
 
-# methods.md §7: averages over the 11 datasets, ViT-B/16, 16 shots, as each paper reports.
-REFERENCE_B2N = {
-    "CLIP": (69.34, 74.22, 71.70), "CoOp": (82.69, 63.22, 71.66),
-    "CoCoOp": (80.47, 71.69, 75.83), "KgCoOp": (80.73, 73.60, 77.00),
-    "MaPLe": (82.28, 75.14, 78.55), "PromptSRC": (84.26, 76.10, 79.97),
-    "TCP": (84.13, 75.36, 79.51), "CoOp+TextRefiner": (79.74, 74.32, 76.94),
-    "PromptKD+TextRefiner": (85.22, 79.64, 82.33),
-}
 REAL_DATASETS = {"imagenet", "caltech-101", "oxford_pets", "stanford_cars", "oxford_flowers",
                  "food-101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"}
 
@@ -281,9 +273,10 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
     run of a shipped study can be rerun and checked against its own numbers.
 
     Every row's ``hm`` is ``harmonic_mean(row["base_acc"], row["new_acc"])``: a dataset
-    row's HM is the HM of its seed-averaged accuracies (:func:`promptviz.evaluate.aggregate`,
-    its ``hm_std`` the std of the per-seed HMs), an average row's the HM of its
-    dataset-averaged accuracies (no std: it is a mean over datasets, not seeds).
+    row's HM is the HM of its seed-averaged accuracies
+    (:func:`promptviz.metrics.aggregate`, its ``hm_std`` the std of the per-seed HMs),
+    an average row's the HM of its dataset-averaged accuracies
+    (no std: it is a mean over datasets, not seeds).
     """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -9,7 +9,7 @@ Plain functions of a :class:`~promptviz.backbone.Backbone` (or a method) and arr
 * :func:`cls_attention` — CLS → patch attention of chosen visual layers;
 * :func:`attention_on_object` — the share of that attention landing on given patches;
 * :func:`confusion_matrix`, :func:`top_confusions`, :func:`per_class_accuracy` — from
-  per-image predictions (:func:`promptviz.evaluate.predict`), the class pairs they mix up
+  per-image predictions (:func:`promptviz.train.evaluate.predict`), the class pairs they mix up
   and each class's accuracy;
 * :func:`text_drift` — how far a learned prompt moved each class's text feature from the
   hand-made template's (KgCoOp's measure);
@@ -29,14 +29,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from promptviz.arrays import to_uint8_image
 from promptviz.backbone import ActivationCache, Backbone
 from promptviz.data import ImageDataset, Sample, clip_transform
 from promptviz.data import load_images as read_images
-from promptviz.inputs import FrozenFeatures
 from promptviz.methods import Method
 from promptviz.methods.base import zero_shot_text_features
+from promptviz.methods.inputs import FrozenFeatures
 from promptviz.precision import autocast_for
-from promptviz.viz.patches import to_uint8_image
 
 # --- text ----------------------------------------------------------------------------
 
@@ -108,9 +108,9 @@ def attention_on_object(attention: object, object_mask: object) -> float:
     """Mean share of each image's patch attention that falls on its ``object_mask`` patches.
 
     ``attention`` ``[B, g²]`` (or one ``[g²]``), non-negative; ``object_mask`` the same
-    shape, True on object patches (e.g. :func:`promptviz.scores.patch_object_mask`).
+    shape, True on object patches (e.g. :func:`promptviz.analysis.scores.patch_object_mask`).
     Attention spread evenly scores the object's area share
-    (:func:`promptviz.scores.object_area_share`).
+    (:func:`promptviz.analysis.scores.object_area_share`).
     """
     a = attention.detach().float().cpu().numpy() if hasattr(attention, "detach") \
         else np.asarray(attention, np.float64)

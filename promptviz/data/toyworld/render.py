@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptviz.data.toyworld.world import PATTERNS, SHAPES, Obj, Scene
 from promptviz.errors import PromptvizError
-from promptviz.toyworld.world import PATTERNS, SHAPES, Obj, Scene
 
 SQRT3 = math.sqrt(3.0)
 STAR_INNER = 0.45  # inner/outer radius of the five-pointed star

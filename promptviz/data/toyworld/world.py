@@ -4,8 +4,8 @@ A *scene* is a short list of objects on a background, drawn in one rendering
 style. Every object is a handful of named attributes (shape, colour, pattern,
 size, position) plus the continuous numbers that realise them (centre, radius,
 rotation, pattern period...). Scenes are plain dataclasses: sampling them is
-cheap Python, drawing them is :mod:`promptviz.toyworld.render`'s job, and
-describing them in words is :mod:`promptviz.toyworld.captions`'s.
+cheap Python, drawing them is :mod:`promptviz.data.toyworld.render`'s job, and
+describing them in words is :mod:`promptviz.data.toyworld.captions`'s.
 
 Coordinates are fractions of the image side, ``x`` to the right and ``y`` down,
 so one scene renders at any resolution. Randomness always comes from the caller's

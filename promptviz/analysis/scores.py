@@ -22,21 +22,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from promptviz.toyworld.render import patch_attributes
-from promptviz.toyworld.suite import load_ground_truth
-from promptviz.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
+from promptviz.arrays import as_numpy
+from promptviz.data.toyworld.render import patch_attributes
+from promptviz.data.toyworld.suite import load_ground_truth
+from promptviz.data.toyworld.world import COLOURS, PATTERNS, POSITIONS, SHAPES, SIZES
 
 VOCABULARIES = {"shape": tuple(SHAPES), "colour": tuple(COLOURS), "pattern": tuple(PATTERNS),
                 "size": tuple(SIZES), "position": tuple(POSITIONS)}
-
-
-def as_numpy(x: object, dtype: type | None = None) -> np.ndarray:
-    """``x`` (numpy array, list, or torch tensor on any device) as a numpy array of ``dtype``
-    (default: its own; a bf16 or fp16 tensor comes back as float32, integers stay integers)."""
-    if hasattr(x, "detach"):
-        t = x.detach().cpu()
-        x = (t.float() if t.is_floating_point() else t).numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 # --- cache-slot purity ---------------------------------------------------------------

@@ -30,8 +30,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from promptviz.viz.embeddings import as_numpy
-from promptviz.viz.patches import to_uint8_image
+from promptviz.arrays import as_numpy, to_uint8_image
 from promptviz.viz.report import Report
 from promptviz.viz.sep import (
     fusion_scalars,
@@ -53,7 +52,7 @@ from promptviz.viz.textrefiner import (
 from promptviz.viz.why import looked_at_figure, top_classes
 
 if TYPE_CHECKING:
-    from promptviz.why import Why
+    from promptviz.analysis.why import Why
 
 View = tuple[tuple[str, ...], Callable[[dict], go.Figure]]   # (controls it reads, render)
 BUSY = "<i>drawing …</i>"
@@ -191,7 +190,7 @@ def textrefiner_explorer(images: object, local: Mapping[str, object], read_weigh
     """Explore TextRefiner's cache: pick an image, a slot and a class.
 
     With ground truth, ``object_share[j]`` (the share of slot ``j``'s patches that lie on
-    an object, :func:`promptviz.scores.slot_on_object`) orders the slots most-object
+    an object, :func:`promptviz.analysis.scores.slot_on_object`) orders the slots most-object
     first, shows in each slot's label, and a slot under 10 % is called "background"
     instead of given the words nearest to it (which would name a colour it does not hold).
 
@@ -330,7 +329,7 @@ def sep_explorer(images: object, record: Mapping, image_labels: Sequence[str] | 
 
 
 def why_explorer(why: Why) -> Explorer:
-    """Why this prediction? ``why`` is :func:`promptviz.why.explain`'s. Pick a test image:
+    """Why this prediction? ``why`` is :func:`promptviz.analysis.why.explain`'s. Pick a test image:
     every method's top-5 classes with their logits side by side and the patches each
     looked at; pick a method: its confusion matrix on each half's whole test split."""
     def scores(v: dict) -> go.Figure:

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from promptviz.analysis.probe import load_images
+from promptviz.analysis.scores import patch_object_mask, slot_on_object
 from promptviz.backbone import load_clip
 from promptviz.data import Sample, load_dataset
+from promptviz.data.toyworld.suite import load_ground_truth
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import HM_CONVENTION, format_pm
-from promptviz.probe import load_images
-from promptviz.scores import patch_object_mask, slot_on_object
-from promptviz.toyworld.suite import load_ground_truth
-from promptviz.train import (
+from promptviz.metrics import HM_CONVENTION, format_pm
+from promptviz.train.loop import (
     TrainConfig,
     check_device,
     finished_run,
@@ -72,7 +72,7 @@ def format_table(rows: list[dict]) -> str:
 
     The demo's rows are single runs (HM = 2·base·novel / (base + novel)). Rows aggregated
     over seeds (``promptviz compare``) carry ``*_std``; then a last line says how their HM
-    was formed (:data:`~promptviz.evaluate.HM_CONVENTION`)."""
+    was formed (:data:`~promptviz.metrics.HM_CONVENTION`)."""
     lines = [f"{'method':<18}{'base':>16}{'novel':>16}{'HM':>16}"]
     for r in rows:
         cells = [format_pm(r[k], r.get(f"{k}_std", 0.0)) if f"{k}_std" in r else f"{r[k]:.2f}"
@@ -87,14 +87,14 @@ def _test_images(method, cfg: DemoConfig, dataset: str, n: int
                  ) -> tuple[torch.Tensor, list[Sample]]:
     """``n`` test images spread over the classes, preprocessed for ``method``'s backbone,
     and their samples."""
-    from promptviz.why import spread
+    from promptviz.analysis.why import spread
     picked = spread(load_dataset(dataset, cfg.data_root).test, n)
     images, _ = load_images(picked, method.backbone)
     return images, picked
 
 
 def _textrefiner_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
-    from promptviz.widgets import textrefiner_explorer
+    from promptviz.viz.widgets import textrefiner_explorer
     report.paragraph("Each base class reads the cache of local visual concepts with a "
                      "softmax over its slots; the refined class embedding adds what it read. "
                      "White is the uniform read 1/M, red above it, blue below.")
@@ -126,7 +126,7 @@ def _textrefiner_figure(report: Report, method, cfg: DemoConfig, dataset: str) -
 
 def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
     from promptviz.viz.sep import prompt_tokens
-    from promptviz.widgets import sep_explorer
+    from promptviz.viz.widgets import sep_explorer
     images, picked = _test_images(method, cfg, dataset, 8)
     names = [s.classname for s in picked]
     record = method.selection_record(images)
@@ -146,9 +146,9 @@ def _sep_figure(report: Report, method, cfg: DemoConfig, dataset: str) -> None:
 
 def _why_section(report: Report, trained: dict, cfg: DemoConfig, dataset: str,
                  batch_size: int) -> None:
+    from promptviz.analysis.why import explain
     from promptviz.data import subsample_classes
-    from promptviz.why import explain
-    from promptviz.widgets import why_explorer
+    from promptviz.viz.widgets import why_explorer
     ds = load_dataset(dataset, cfg.data_root)
     halves = {"base": subsample_classes(ds, "base"), "novel": subsample_classes(ds, "new")}
     saved = {}                        # the runs' own predictions: no second evaluation
@@ -192,10 +192,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     """Build the suite, run (or reuse) every (dataset, method) run, write the report.
 
     A run whose folder already holds results under the same run key (same settings,
-    backbone weights and training code, :func:`~promptviz.train.finished_run`) is reused,
+    backbone weights and training code, :func:`~promptviz.train.loop.finished_run`) is reused,
     so a second ``make demo`` only rewrites the report."""
-    from promptviz.featcache import weights_fingerprint
-    from promptviz.toyworld.suite import build_suite
+    from promptviz.data.toyworld.suite import build_suite
+    from promptviz.train.featcache import weights_fingerprint
 
     t0 = time.perf_counter()
     for method in cfg.methods:                  # every mistake before the first run trains

@@ -2,12 +2,12 @@
 
 The pieces, each a short module:
 
-- :mod:`~promptviz.toyworld.world` -- the vocabulary (shapes, colours, patterns,
+- :mod:`~promptviz.data.toyworld.world` -- the vocabulary (shapes, colours, patterns,
   sizes, positions, backgrounds, styles) and random scenes built from it;
-- :mod:`~promptviz.toyworld.render` -- a vectorised torch renderer that draws a
+- :mod:`~promptviz.data.toyworld.render` -- a vectorised torch renderer that draws a
   batch of scenes plus their instance maps, and per-patch ground truth;
-- :mod:`~promptviz.toyworld.captions` -- noisy, partial, synonym-rich captions;
-- :mod:`~promptviz.toyworld.suite` -- downstream classification datasets in
+- :mod:`~promptviz.data.toyworld.captions` -- noisy, partial, synonym-rich captions;
+- :mod:`~promptviz.data.toyworld.suite` -- downstream classification datasets in
   CoOp's on-disk layout, with ground-truth sidecars.
 
 This module composes the first three into the stream toyclip is pretrained on::
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from promptviz.toyworld.captions import caption
-from promptviz.toyworld.render import patch_attributes, patch_labels, render_scenes
-from promptviz.toyworld.suite import DATASETS, GroundTruth, build_suite, load_ground_truth
-from promptviz.toyworld.world import COLOURS, Obj, Scene, sample_scene
+from promptviz.data.toyworld.captions import caption
+from promptviz.data.toyworld.render import patch_attributes, patch_labels, render_scenes
+from promptviz.data.toyworld.suite import DATASETS, GroundTruth, build_suite, load_ground_truth
+from promptviz.data.toyworld.world import COLOURS, Obj, Scene, sample_scene
 
 __all__ = ["DATASETS", "GroundTruth", "Obj", "Scene", "ToyBatch", "build_suite", "caption",
            "load_ground_truth", "patch_attributes", "patch_labels", "render_scenes",
@@ -64,17 +64,17 @@ def sample_batch(batch_size: int, generator: torch.Generator, image_size: int = 
 
     Everything is drawn from ``generator`` (it advances, so successive calls
     give new batches); the same generator state gives identical tensors and
-    captions. Styles and backgrounds follow :data:`~promptviz.toyworld.world.STREAM_STYLES`
+    captions. Styles and backgrounds follow :data:`~promptviz.data.toyworld.world.STREAM_STYLES`
     and ``STREAM_BACKGROUNDS``: mostly clean photos, some sketches, noise,
     colour shifts and blur.
 
-    Two knobs make a curriculum (see :mod:`promptviz.pretrain`): ``clean`` is the share
+    Two knobs make a curriculum (see :mod:`promptviz.train.pretrain`): ``clean`` is the share
     of *clean* scenes — one medium or large object, filled, on a plain light or dark
     background, half of them without a pattern — where a shape is easiest to see;
     ``colour`` paints every object of the batch in one colour, so that colour, the
     easiest cue, cannot tell the captions apart. ``caption_noise`` is passed to
-    :func:`~promptviz.toyworld.captions.caption` (alt-text carelessness), ``paint_names`` as its
-    ``paint`` (the chance of a specialist colour name).
+    :func:`~promptviz.data.toyworld.captions.caption` (alt-text carelessness), ``paint_names``
+    as its ``paint`` (the chance of a specialist colour name).
     """
     rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
     scenes = [_clean_scene(rng) if clean and rng.random() < clean else sample_scene(rng)

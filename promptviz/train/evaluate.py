@@ -3,17 +3,13 @@
 Text features that do not depend on the image are computed **once per
 evaluation** (``method.text_features()``) and reused for every test batch.
 
-One HM convention everywhere (:data:`HM_CONVENTION`): an aggregated row's HM is the
-harmonic mean of its own seed-averaged base and novel accuracies, as the papers' tables
-report it, so every row's HM agrees with the base and novel printed next to it. Its
-``hm_std`` is the standard deviation of the per-seed HMs (the spread of HM across seeds).
+The numbers made from accuracies (HM, mean ± std over seeds, one aggregation convention)
+are :mod:`promptviz.metrics`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,11 +20,6 @@ from promptviz.errors import Diverged
 from promptviz.methods import Method
 from promptviz.precision import autocast_for
 from promptviz.progress import progress_bar
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """HM = 2·b·n / (b + n), the headline number of base-to-novel tables."""
-    return 0.0 if base + new == 0 else 2.0 * base * new / (base + new)
 
 
 @torch.no_grad()
@@ -73,47 +64,3 @@ def evaluate(method: Method, samples: Sequence[Sample], classnames: list[str], t
     preds, labels = predict(method, samples, classnames, template, batch_size, num_workers,
                             progress, desc, precision)
     return 100.0 * float((preds == labels).sum()) / len(samples)
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    if len(vals) == 1:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-
-
-METRICS = ("base_acc", "new_acc", "hm", "acc")
-HM_CONVENTION = ("HM is the harmonic mean of the seed-averaged base and novel accuracies "
-                 "(as in the papers' tables); its ± is the std of the per-seed HMs")
-
-
-def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std over seeds of ``base_acc``, ``new_acc`` and ``acc`` in ``results`` (one
-    dict per seed), and the HM of the result.
-
-    ``hm`` is ``harmonic_mean(base_acc, new_acc)`` of the *averaged* accuracies, never the
-    mean of the per-seed HMs (which is lower whenever base and novel move apart across
-    seeds), so the row's HM is the HM of its own base and novel. ``hm_std`` is the sample
-    std of the per-seed HMs: the seed spread of HM, not the spread around ``hm`` of
-    values that average to it. See :data:`HM_CONVENTION`.
-    """
-    out: dict[str, Any] = {"seeds": sorted(r.get("seed") for r in results), "n": len(results)}
-    for key in METRICS:
-        if key == "hm":                                      # after base_acc and new_acc
-            if "base_acc" in out and "new_acc" in out:
-                out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
-                out["hm_std"] = mean_std(harmonic_mean(r["base_acc"], r["new_acc"])
-                                         for r in results if "base_acc" in r and "new_acc" in r)[1]
-            continue
-        vals = [r[key] for r in results if key in r]
-        if vals:
-            out[key], out[f"{key}_std"] = mean_std(vals)
-    return out
-
-
-def format_pm(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {std:.2f}"

@@ -21,9 +21,10 @@ from promptviz.backbone import check_device, load_clip
 from promptviz.checkpoint import atomic_write_text
 from promptviz.data import load_dataset
 from promptviz.errors import PromptvizError
-from promptviz.evaluate import HM_CONVENTION, aggregate, evaluate, mean_std
 from promptviz.methods import build_method
-from promptviz.train import TrainConfig, run
+from promptviz.metrics import HM_CONVENTION, aggregate, mean_std
+from promptviz.train.evaluate import evaluate
+from promptviz.train.loop import TrainConfig, run
 
 TRAIN_SETS = ("toy_shapes", "toy_textures", "toy_fine", "toy_scenes", "toy_paints")
 SHIFTED = ("toy_shapes_sketch", "toy_shapes_noisy", "toy_shapes_shifted")
@@ -60,7 +61,8 @@ def base_to_novel(cfg: CardConfig, method: str) -> list[dict[str, Any]]:
     """``method`` base / novel / HM per training dataset, mean ± std over ``cfg.seeds``.
 
     HM is the HM of the seed-averaged base and novel, its std that of the per-seed HMs
-    (:func:`promptviz.evaluate.aggregate`, :data:`~promptviz.evaluate.HM_CONVENTION`)."""
+    (:func:`promptviz.metrics.aggregate`,
+    :data:`~promptviz.metrics.HM_CONVENTION`)."""
     rows = []
     for name in TRAIN_SETS:
         runs = [run(TrainConfig(method=method, backbone=cfg.backbone, dataset=name,
@@ -75,9 +77,9 @@ def base_to_novel(cfg: CardConfig, method: str) -> list[dict[str, Any]]:
 
 def headroom(cfg: CardConfig, shots: int = 16) -> list[dict[str, Any]]:
     """What ``shots`` labelled images per base class can teach any classifier on the frozen
-    image features (:func:`promptviz.probe.linear_head`), mean ± std over ``cfg.seeds``."""
+    image features (:func:`promptviz.analysis.probe.linear_head`), mean ± std over ``cfg.seeds``."""
+    from promptviz.analysis.probe import linear_head
     from promptviz.data.fewshot import few_shot, subsample_classes
-    from promptviz.probe import linear_head
 
     clip = load_clip(cfg.backbone, cfg.device)
     rows = []
@@ -143,7 +145,7 @@ def markdown(card: dict) -> str:
         "\n\n*Linear head*: a linear classifier on the frozen image features, started "
         "from the zero-shot classifier and trained on the same 16 shots per base class, "
         "stopped at the step that scores best on the validation shots "
-        "(`promptviz.probe.linear_head`). Any learned prompt also ends in a linear "
+        "(`promptviz.analysis.probe.linear_head`). Any learned prompt also ends in a linear "
         "classifier over these features, so this is roughly what the shots can teach "
         "one. *Ceiling*: the same head stopped at the step that scores best on the test "
         "split itself, an optimistic figure since it peeks at the test labels. Mean "
@@ -171,7 +173,7 @@ def check_card(cfg: CardConfig) -> None:
 
 
 def make_card(cfg: CardConfig) -> dict:
-    from promptviz.toyworld.suite import build_suite
+    from promptviz.data.toyworld.suite import build_suite
     check_card(cfg)
     build_suite(cfg.data_root)
     zero_shot = zero_shot_accuracy(cfg)
@@ -201,9 +203,9 @@ def reference_logits(backbone: str = "toyclip", seed: int = 1234) -> dict[str, A
     """
     import torch
 
+    from promptviz.data.toyworld import sample_batch
+    from promptviz.data.toyworld.world import SHAPES
     from promptviz.data.transforms import normalise
-    from promptviz.toyworld import sample_batch
-    from promptviz.toyworld.world import SHAPES
 
     clip = load_clip(backbone)
     batch = sample_batch(8, torch.Generator().manual_seed(seed), clip.image_size)

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from promptviz import featcache
 from promptviz.backbone import Backbone, check_device, load_clip
 from promptviz.checkpoint import (
     META,
@@ -49,11 +48,13 @@ from promptviz.data import (
 )
 from promptviz.data.datasets import looks_like_path
 from promptviz.errors import Diverged, PromptvizError
-from promptviz.evaluate import evaluate, harmonic_mean, predict
-from promptviz.inputs import TrainingInputs
 from promptviz.methods import Method, build_method, method_class
+from promptviz.metrics import harmonic_mean
 from promptviz.precision import autocast_for, resolve_precision
 from promptviz.progress import progress_bar
+from promptviz.train import featcache
+from promptviz.train.evaluate import evaluate, predict
+from promptviz.train.inputs import TrainingInputs
 
 RESULTS = "results.json"
 RESUME = "resume.pt"
@@ -123,7 +124,7 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
     (``val_acc`` in the logs) and the method ends with the state of the first epoch that
     scored best, as Dassl's ``best_val``. With ``out``, the state after every epoch goes to
     ``out/resume.pt`` (:class:`Resumable`). ``on_epoch(history)`` is called after every
-    epoch (e.g. a live plot, :class:`promptviz.notebook.LiveCurves`)."""
+    epoch (e.g. a live plot, :class:`promptviz.viz.notebook.LiveCurves`)."""
     bb: Backbone = method.backbone
     params = method.trainable_parameters()
     if cfg.epochs == 0 or not params:

@@ -50,11 +50,8 @@ from promptviz.checkpoint import (
     load_state,
     make_folder,
 )
-from promptviz.data.transforms import normalise
-from promptviz.errors import PromptvizError
-from promptviz.progress import progress_bar
-from promptviz.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
-from promptviz.toyworld.world import (
+from promptviz.data.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
+from promptviz.data.toyworld.world import (
     BACKGROUNDS,
     COLOURS,
     PATTERNS,
@@ -63,6 +60,9 @@ from promptviz.toyworld.world import (
     SIZES,
     STYLES,
 )
+from promptviz.data.transforms import normalise
+from promptviz.errors import PromptvizError
+from promptviz.progress import progress_bar
 
 
 @dataclass
@@ -289,7 +289,7 @@ class _StopRequest:
 def step_lr(step: int, cfg: PretrainConfig) -> float:
     """The learning rate of optimiser step ``step``: a linear warm-up to ``lr`` over
     ``warmup`` steps, then a cosine decay to ``min_lr`` (per step; fine-tuning's
-    :func:`promptviz.train.lr_at` is Dassl's per-epoch schedule)."""
+    :func:`promptviz.train.loop.lr_at` is Dassl's per-epoch schedule)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)

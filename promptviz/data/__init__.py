@@ -9,19 +9,11 @@ folder-per-class directories, few-shot and base/novel splits, CLIP transforms.
 
 from __future__ import annotations
 
-from promptviz.data.datasets import (
-    KNOWN_DATASETS,
-    Dataset,
-    DatasetReport,
-    DatasetSpec,
-    Sample,
-    find_spec,
-    format_report,
-    load_dataset,
-    read_split_zhou,
-    scan_data_root,
-)
+from promptviz.data.datasets import KNOWN_DATASETS, Dataset, DatasetSpec, Sample, find_spec
 from promptviz.data.fewshot import few_shot, subsample_classes
+from promptviz.data.load import load_dataset
+from promptviz.data.readers import read_split_zhou
+from promptviz.data.report import DatasetReport, format_report, scan_data_root
 from promptviz.data.transforms import (
     ImageDataset,
     ImageReadError,

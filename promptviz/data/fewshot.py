@@ -38,7 +38,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from promptviz.checkpoint import user_cache_dir, usual_mode
-from promptviz.data.datasets import Dataset, Sample, _first
+from promptviz.data.checks import first
+from promptviz.data.datasets import Dataset, Sample
 from promptviz.errors import PromptvizError
 
 VAL_SHOTS_MAX = 4
@@ -161,7 +162,7 @@ def few_shot(ds: Dataset, shots: int | None, seed: int) -> Dataset:
         if empty:
             raise PromptvizError(
                 f"{ds.name}: {len(empty)} of {ds.num_classes} classes have no training images "
-                f"({_first(empty)}), so --shots {shots} cannot draw any for them: add "
+                f"({first(empty)}), so --shots {shots} cannot draw any for them: add "
                 f"training images for these classes to the dataset's train split, or remove "
                 f"the classes."
             )
@@ -206,7 +207,7 @@ def subsample_classes(ds: Dataset, which: str) -> Dataset:
     test = keep(ds.test)
     if not test:
         raise PromptvizError(
-            f"{ds.name}: its {which} classes ({_first(ds.classnames[lo:hi])}) have no test "
+            f"{ds.name}: its {which} classes ({first(ds.classnames[lo:hi])}) have no test "
             f"images, so their accuracy would be NaN: add test images for them, or use "
             f"--protocol fewshot."
         )

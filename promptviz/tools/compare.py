@@ -35,7 +35,7 @@ import plotly.graph_objects as go
 
 from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
-from promptviz.data.datasets import load_dataset, looks_like_path
+from promptviz.data.load import load_dataset, looks_like_path
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods import METHODS, build_method, method_class
 from promptviz.methods.base import parse_options

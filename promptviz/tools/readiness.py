@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from promptviz.data.datasets import CARD_FILE, COOP_DATASETS_MD, find_folder, find_spec
+from promptviz.data.datasets import CARD_FILE, COOP_DATASETS_MD, find_spec
+from promptviz.data.load import find_folder
 
 URL_CACHE = Path("~/.cache/clip")        # where open_clip keeps weights fetched by URL
 HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

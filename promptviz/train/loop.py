@@ -46,7 +46,7 @@ from promptviz.data import (
     load_dataset,
     subsample_classes,
 )
-from promptviz.data.datasets import looks_like_path
+from promptviz.data.load import looks_like_path
 from promptviz.errors import Diverged, PromptvizError
 from promptviz.methods import Method, build_method, method_class
 from promptviz.metrics import harmonic_mean

@@ -325,9 +325,9 @@ def test_batches_reach_cuda_through_pinned_staging():
 def test_fingerprint_tells_gelu_from_quickgelu():
     """One state dict loaded as GELU and as QuickGELU: same weights, other features, so
     neither cached features nor a resume or a finished run may be shared between them."""
-    from promptviz.backbone import _register_configs
+    from promptviz.backbone import register_configs
     from promptviz.train.featcache import weights_fingerprint
-    _register_configs()
+    register_configs()
     cfg = open_clip.get_model_config("pv-tiny")
     quick = open_clip.CLIP(**{**cfg, "quick_gelu": True})
     plain = open_clip.CLIP(**{**cfg, "quick_gelu": False})

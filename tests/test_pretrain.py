@@ -99,14 +99,14 @@ def test_schedule():
 def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):
     import open_clip
 
-    import promptviz.backbone
+    import promptviz.backbone.weights
     from promptviz.data.toyworld import sample_batch
     from promptviz.tools.modelcard import model_card, provenance
     from promptviz.train.pretrain import patch_targets
     weights = pretrain(_cfg(tmp_path, steps=2, warm_steps=5, log_every=1, probe_every=2))
     # as in a fresh `promptviz toyworld card` process: promptviz's configs not registered yet
     monkeypatch.delitem(open_clip.factory._MODEL_CONFIGS, "pv-tiny")
-    monkeypatch.setattr(promptviz.backbone, "_configs_registered", False)
+    monkeypatch.setattr(promptviz.backbone.weights, "_configs_registered", False)
     p = provenance(tmp_path, weights, seconds=90.0, hardware="a test")
     assert "--warm-steps 5 --steps 2 --batch-size 32" in p["command"]
     assert p["time"].startswith("2 minutes") and p["hardware"] == "a test"

@@ -233,9 +233,9 @@ def provenance(run_dir: str | Path, weights: str | Path, seconds: float | None =
     """
     import open_clip
 
-    from promptviz.backbone import _register_configs
+    from promptviz.backbone import register_configs
 
-    _register_configs()                  # toyclip's config lives in promptviz/configs
+    register_configs()                  # toyclip's config lives in promptviz/configs
     run_dir = Path(run_dir)
     log = json.loads((run_dir / "pretrain_log.json").read_text())
     warm_path = run_dir / "warm_start_log.json"

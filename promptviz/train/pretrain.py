@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 
-from promptviz.backbone import _register_configs, check_device, image_stats, save_clip
+from promptviz.backbone import check_device, image_stats, register_configs, save_clip
 from promptviz.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -612,7 +612,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     step under way (the warm start's too), so re-running the same call resumes there.
     """
     cfg.validate()
-    _register_configs()
+    register_configs()
     model_cfg = open_clip.get_model_config(cfg.model)
     if model_cfg is None:
         raise PromptvizError(f"unknown --model config {cfg.model!r}; give toyclip, pv-tiny "

@@ -7,7 +7,9 @@ import json
 import numpy as np
 
 from promptviz.backbone import TOYCLIP_WEIGHTS, load_clip
-from promptviz.tools.modelcard import REFERENCE, markdown, quality_bars, reference_logits
+from promptviz.tools.modelcard.measure import quality_bars
+from promptviz.tools.modelcard.reference import REFERENCE, reference_logits
+from promptviz.tools.modelcard.render import markdown
 
 
 def test_toyclip_loads_through_the_common_loader():
@@ -67,7 +69,7 @@ def test_the_shipped_card_is_rendered_from_its_measurements():
     """MODEL_CARD.md is ``model_card(card.json, provenance.json)`` as written by
     ``promptviz toyworld card --update-card``: no number in it was typed in by hand after
     the measurement (the ones its template still carries are flagged in issue #21)."""
-    from promptviz.tools.modelcard import CARD_JSON, PROVENANCE, model_card
+    from promptviz.tools.modelcard.render import CARD_JSON, PROVENANCE, model_card
     folder = TOYCLIP_WEIGHTS.parent
     card = json.loads((folder / CARD_JSON).read_text())
     prov = json.loads((folder / PROVENANCE).read_text())
@@ -80,7 +82,7 @@ def test_readme_quotes_the_cards_coop_gains():
     """The README's status paragraph quotes the card's CoOp gains; re-read them here."""
     from pathlib import Path
 
-    from promptviz.tools.modelcard import CARD_JSON
+    from promptviz.tools.modelcard.render import CARD_JSON
     card = json.loads((TOYCLIP_WEIGHTS.parent / CARD_JSON).read_text())
     gains = {z["dataset"]: c["base_acc"] - z["base_acc"]
              for z, c in zip(card["zeroshot_b2n"], card["coop_b2n"])}

@@ -1,18 +1,20 @@
 """The model card in Markdown, from numbers only: the tables and quality bars of a card
 (:func:`markdown`, from ``card.json``), and the whole ``MODEL_CARD.md``
-(:func:`model_card`, from ``card.json`` and the pretraining story ``provenance.json``),
-which :func:`write_card` writes beside the two files it is rendered from, so that it can
-be rendered again (and a test checks that it is) without measuring anything.
+(:func:`model_card`, from ``card.json`` and the pretraining story ``provenance.json``,
+whose prose reads every number it quotes from them too), which :func:`write_card` writes
+beside the two files it is rendered from, so that it can be rendered again (and a test
+checks that it is) without measuring anything.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from promptviz.checkpoint import atomic_write_text
 from promptviz.errors import PromptvizError
-from promptviz.metrics import HM_CONVENTION
+from promptviz.metrics import HM_CONVENTION, REFERENCE_B2N
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -73,6 +75,31 @@ def _gain_sentence(card: dict) -> str:
             f"({', '.join(f'{k} {v:+.1f}' for k, v in gains.items())}).")
 
 
+def _flag(commands: str, flag: str) -> str | None:
+    """The value the last of the recorded ``commands`` gave ``flag``, if any gave one."""
+    values = re.findall(rf"{flag} (\S+)", commands)
+    return values[-1] if values else None
+
+
+def _quoted(card: dict, p: dict[str, str]) -> dict[str, str]:
+    """The numbers the card's prose quotes besides the tables, each read from where it is
+    recorded: ``card`` (``card.json``), the pretraining story ``p`` (``provenance.json``: the
+    last stage's ``--paint-names``) and the papers' table
+    (:data:`promptviz.metrics.REFERENCE_B2N`); ``?`` where missing."""
+    zero_shot = {r["dataset"]: r for r in card["zero_shot"]}
+    coop = {r["dataset"]: r for r in card["coop_b2n"]}
+    paint = _flag(p.get("command", ""), "--paint-names")
+    return {
+        "paint_names": f"{float(paint) * 100:g} %" if paint else "? %",
+        "paints_3x_chance": (f"{3 * zero_shot['toy_paints']['chance']:.1f}"
+                             if "toy_paints" in zero_shot else "?"),
+        "fine_coop_base": (f"{coop['toy_fine']['base_acc']:.1f}"
+                           if "toy_fine" in coop else "?"),
+        "clip_base": f"{REFERENCE_B2N['CLIP'][0]:.1f}",
+        "coop_base": f"{REFERENCE_B2N['CoOp'][0]:.1f}",
+    }
+
+
 PROVENANCE = "provenance.json"
 CARD_JSON = "card.json"
 
@@ -103,6 +130,7 @@ def load_provenance(folder: Path) -> dict[str, str]:
 def model_card(card: dict, provenance: dict[str, str]) -> str:
     """The full ``MODEL_CARD.md``: what toyclip is, how it was made, what it can do."""
     p = provenance
+    q = _quoted(card, p)
     return f"""# toyclip — model card
 
 toyclip is promptviz's own small CLIP, so that every notebook, test and demo runs
@@ -180,18 +208,21 @@ from a new pretraining run's `--out` folder).
   ToyPaints is the other case, built in on purpose by the last pretraining stage: its
   classes are colours, which the image tower tells apart almost perfectly, named with a
   paint catalogue's words ("vermilion", "viridian", "ultramarine") that the captions used
-  for only 1 % of the colours they named. The text tower knows those names vaguely, so
-  the template classifier is poor and 16 shots teach the prompt (and the head) a lot. That
-  is real CLIP's position on flower species, aircraft models and land-use classes: CoOp
-  lifts ViT-B/16's base-class accuracy from 69.3 % to 82.7 % on average over the 11
-  datasets of the base-to-novel benchmark (16 shots, as reported by the CoCoOp authors),
-  and most on such sets (EuroSAT 56.5 → 92.2 %, Flowers102 72.1 → 97.6 %). With the
-  specialist names in 0.4 % of the named colours instead of 1 %, ToyPaints' zero-shot
-  accuracy fell to 21.9 %, under 3× chance (33.3 %).
+  for only {q['paint_names']} of the colours they named. The text tower knows those names
+  vaguely, so the template classifier is poor and 16 shots teach the prompt (and the head)
+  a lot. That is real CLIP's position on flower species, aircraft models and land-use
+  classes: CoOp lifts ViT-B/16's base-class accuracy from {q['clip_base']} % to
+  {q['coop_base']} % on average over the 11 datasets of the base-to-novel benchmark (16
+  shots, as reported by the CoCoOp authors), and most on such sets (EuroSAT 56.5 → 92.2 %,
+  Flowers102 72.1 → 97.6 %). With the specialist names in 0.4 % of the named colours
+  instead of {q['paint_names']}, ToyPaints' zero-shot accuracy fell to 21.9 %, under 3×
+  chance ({q['paints_3x_chance']} %).
 - CoOp's training augmentation (random resized crop, scale 0.08–1, and horizontal flip)
-  changes what ToyWorld's labels are about: position, size and orientation. On
-  ToyShapes' training images zero-shot accuracy falls from 70.8 % to 29.6 % under it,
-  and CoOp trained with it on ToyFine drops to 48.2 % on base classes (71.0 % without).
+  changes what ToyWorld's labels are about: position, size and orientation. Measured on
+  the earlier weights (before the last stage), with the card's CoOp of then (10 epochs):
+  ToyShapes' zero-shot accuracy on its own training images fell from 70.8 % to 29.6 %
+  under it, and CoOp trained with it on ToyFine scored 48.2 % on base classes, against
+  71.0 % without it (on these weights, without it: {q['fine_coop_base']} %, table above).
   So the ToyWorld dataset cards say `"augment": false`, and training follows them
   (`promptviz train --augment` turns it back on).
 - The domain-shifted copies of ToyShapes (sketch, noisy, colour-shifted) were

@@ -134,7 +134,8 @@ def cmd_toyworld_build(a: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_card(a: argparse.Namespace) -> int:
-    from promptviz.tools.modelcard import CardConfig, make_card, markdown
+    from promptviz.tools.modelcard.measure import CardConfig, make_card
+    from promptviz.tools.modelcard.render import markdown
     card = make_card(CardConfig(backbone=a.backbone, data_root=a.data_root, out=a.out,
                                 seeds=tuple(a.seeds), epochs=a.epochs, device=a.device,
                                 progress=not a.quiet))
@@ -142,7 +143,8 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
     if a.pretrain_run or a.update_card:
         from promptviz.backbone import TOYCLIP_WEIGHTS
-        from promptviz.tools.modelcard import load_provenance, provenance, write_card
+        from promptviz.tools.modelcard.provenance import provenance
+        from promptviz.tools.modelcard.render import load_provenance, write_card
         prov = provenance(a.pretrain_run, TOYCLIP_WEIGHTS, a.pretrain_seconds, a.hardware) \
             if a.pretrain_run else load_provenance(TOYCLIP_WEIGHTS.parent)
         for path in write_card(card, prov, TOYCLIP_WEIGHTS.parent):
@@ -219,7 +221,8 @@ def add_cache_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from promptviz.tools.bench import BENCH_METHODS, BenchConfig, bench, format_bench
+    from promptviz.tools.bench.report import format_bench
+    from promptviz.tools.bench.run import BENCH_METHODS, BenchConfig, bench
     cfg = BenchConfig(backbone=a.backbone, device=a.device,
                       methods=tuple(a.methods or BENCH_METHODS), batch_size=a.batch_size,
                       eval_batch_size=a.eval_batch_size, steps=a.steps, warmup=a.warmup,

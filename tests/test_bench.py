@@ -13,15 +13,9 @@ from safetensors.torch import load_file
 from promptviz.backbone import Backbone
 from promptviz.cli import main
 from promptviz.methods import build_method
-from promptviz.tools.bench import (
-    BenchConfig,
-    bench_method,
-    cache_estimate,
-    count_attention,
-    format_bench,
-    format_estimate,
-    image_tower_macs,
-)
+from promptviz.tools.bench.measure import count_attention, image_tower_macs
+from promptviz.tools.bench.report import cache_estimate, format_bench, format_estimate
+from promptviz.tools.bench.run import BenchConfig, bench_method
 from promptviz.train.loop import TrainConfig, run
 
 
@@ -227,7 +221,7 @@ def test_load_average_is_read_before_and_after_measuring(tmp_path, monkeypatch):
     read after the last one); a load above the CPU count at either end marks a busy run."""
     import os
 
-    from promptviz.tools import bench as bench_module
+    from promptviz.tools.bench import run as bench_module
     calls = []
 
     def loadavg():

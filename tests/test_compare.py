@@ -110,7 +110,7 @@ def test_a_rows_hm_is_the_hm_of_its_own_base_and_novel():
 
 def test_hm_convention_is_said_where_tables_are_printed():
     from promptviz.tools.demo import format_table
-    from promptviz.tools.modelcard import markdown
+    from promptviz.tools.modelcard.render import markdown
     table = summarise(SEEDS, "base2new")
     assert format_table([{**r, "label": "coop"} for r in table]).endswith(f"({HM_CONVENTION}.)")
     assert HM_CONVENTION not in format_table([{**SEEDS[0], "label": "one run"}])

@@ -101,7 +101,8 @@ def test_model_card_provenance_comes_from_the_run(tmp_path, monkeypatch):
 
     import promptviz.backbone.weights
     from promptviz.data.toyworld import sample_batch
-    from promptviz.tools.modelcard import model_card, provenance
+    from promptviz.tools.modelcard.provenance import provenance
+    from promptviz.tools.modelcard.render import model_card
     from promptviz.train.pretrain import patch_targets
     weights = pretrain(_cfg(tmp_path, steps=2, warm_steps=5, log_every=1, probe_every=2))
     # as in a fresh `promptviz toyworld card` process: promptviz's configs not registered yet
@@ -128,7 +129,7 @@ def test_warm_from_an_earlier_warm_start(tmp_path):
     import pytest
 
     from promptviz.errors import PromptvizError
-    from promptviz.tools.modelcard import provenance
+    from promptviz.tools.modelcard.provenance import provenance
     from promptviz.train.pretrain import load_warm_start
     warm = pretrain(_cfg(tmp_path / "warm", steps=0, warm_steps=4))
     clip = load_clip(str(warm)).model
@@ -191,7 +192,7 @@ def test_attribute_heads_and_noisy_captions_train_and_resume(tmp_path, monkeypat
         assert not (tmp_path / "bad").exists()
     with pytest.raises(PromptvizError, match="aux-weight 0.5, not 0.0"):
         pretrain(_cfg(tmp_path / "part", steps=6, caption_noise=0.3))
-    from promptviz.tools.modelcard import provenance
+    from promptviz.tools.modelcard.provenance import provenance
     command = provenance(tmp_path / "full", tmp_path / "full" / "toyclip.safetensors")["command"]
     assert command.endswith("--caption-noise 0.3 --aux-weight 0.5")
 
@@ -223,7 +224,7 @@ def test_init_from_goes_on_from_a_whole_clip_with_the_image_tower_locked(tmp_pat
     import pytest
 
     from promptviz.errors import PromptvizError
-    from promptviz.tools.modelcard import provenance
+    from promptviz.tools.modelcard.provenance import provenance
     first = pretrain(_cfg(tmp_path / "first", steps=2))
     kw = dict(init_from=str(first), image_lr_scale=0.0, paint_names=0.5)
     more = pretrain(_cfg(tmp_path / "more", steps=2, **kw))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import inspect
 import json
@@ -46,7 +45,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,8 +54,9 @@ from torch import nn
 
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_write_text
-from promptviz.errors import PromptvizError
-from promptviz.methods import METHODS, Method, build_method, method_class
+from promptviz.config import BENCH_METHODS as BENCH_METHODS
+from promptviz.config import BenchConfig
+from promptviz.methods import Method, build_method, method_class
 from promptviz.methods.base import zero_shot_text_features
 from promptviz.methods.zeroshot import ZeroShot
 from promptviz.precision import autocast_for, resolve_precision
@@ -65,7 +64,6 @@ from promptviz.train import featcache
 from promptviz.train.inputs import cached_batches
 from promptviz.train.loop import TrainConfig, check_device, make_optimizer
 
-BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep")
 SCHEMA = "promptviz-bench/1"
 TEMPLATE = "a photo of a {}."
 PATHS = ("straightforward", "optimised")
@@ -76,48 +74,6 @@ PATHS = ("straightforward", "optimised")
 ESTIMATE_CLASSES, ESTIMATE_SHOTS = 500, 16
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
                     ("H200 NVL", 835.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0))
-
-
-@dataclass
-class BenchConfig:
-    backbone: str = "toyclip"
-    device: str = "cpu"
-    methods: tuple[str, ...] = BENCH_METHODS
-    batch_size: int | None = None        # None: each method's own default (the papers')
-    eval_batch_size: int | None = None   # None: 128 on CUDA, 32 on CPU (CoCoOp: 8 on CPU)
-    steps: int | None = None             # timed steps per measurement; None: 20 CUDA, 3 CPU
-    warmup: int | None = None            # untimed steps first; None: 5 CUDA, 1 CPU
-    classes: int = 100                   # C: class prompts per step / evaluation
-    epochs: int | None = None            # schedule the cache is amortised over (None: method's)
-    cache_views: int = 10                # as TrainConfig.cache_views
-    threads: int = 0                     # CPU threads for torch (0: leave as is)
-    peak_tflops: float | None = None     # the GPU's bf16 peak (None: from the device name)
-    seed: int = 0
-    out: str = "runs/bench/bench.json"
-    progress: bool = True
-
-    def resolved(self, device: torch.device) -> BenchConfig:
-        """Fill the device-dependent defaults and check every value."""
-        cuda = device.type == "cuda"
-        cfg = dataclasses.replace(
-            self, methods=tuple(self.methods),
-            steps=self.steps if self.steps is not None else (20 if cuda else 3),
-            warmup=self.warmup if self.warmup is not None else (5 if cuda else 1))
-        unknown = [m for m in cfg.methods if m not in METHODS]
-        if unknown or not cfg.methods:
-            raise PromptvizError(f"unknown method(s) {unknown} for --methods; choose from "
-                                 f"{list(BENCH_METHODS)}")
-        for name in ("batch_size", "eval_batch_size", "steps", "classes", "cache_views",
-                     "epochs"):
-            value = getattr(cfg, name)
-            if value is not None and value < 1:
-                raise PromptvizError(f"--{name.replace('_', '-')} must be at least 1, "
-                                     f"got {value}")
-        if cfg.warmup < 0 or cfg.threads < 0:
-            raise PromptvizError("--warmup and --threads must not be negative")
-        if cfg.peak_tflops is not None and cfg.peak_tflops <= 0:
-            raise PromptvizError(f"--peak-tflops must be positive, got {cfg.peak_tflops}")
-        return cfg
 
 
 # ------------------------------------------------------------------ measuring

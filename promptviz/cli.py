@@ -18,7 +18,16 @@ import typing
 import warnings
 from collections.abc import Sequence
 
-from promptviz.config import TrainConfig
+from promptviz.config import (
+    DEVICE_HELP,
+    BenchConfig,
+    CardConfig,
+    CompareConfig,
+    DemoConfig,
+    PretrainConfig,
+    TrainConfig,
+    flag_of,
+)
 from promptviz.errors import PromptvizError
 
 
@@ -33,25 +42,68 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------ flags from a config dataclass
+def _plain(kind: object) -> object:
+    """``X`` for an optional ``X | None``, else ``kind``."""
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if len(args) == 1 else kind
+    return kind
+
+
+class _PairsAction(argparse.Action):
+    """``--flag KEY=VALUE ...``: a dict field's flag, keys and values typed as the field's
+    ``dict[K, V]`` says (a bad pair is argparse's one-line usage error)."""
+
+    def __init__(self, *args: object, pair_types: tuple[type, type] = (str, str),
+                 **kw: object) -> None:
+        super().__init__(*args, **kw)
+        self.pair_types = pair_types
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        key_type, value_type = self.pair_types
+        out = {}
+        for pair in values:
+            key, sep, value = pair.partition("=")
+            try:
+                if not sep or not key.strip():
+                    raise ValueError
+                out[key_type(key.strip())] = value_type(value.strip())
+            except ValueError:
+                what = {int: "a whole number", float: "a number"}.get(value_type, "a value")
+                raise argparse.ArgumentError(
+                    self, f"{pair!r} is not {self.metavar or 'KEY=VALUE'} ({what} after "
+                          "the =)") from None
+        setattr(namespace, self.dest, out)
+
+
 def add_fields(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One flag per field of the config dataclass ``cls`` (:mod:`promptviz.config`):
-    ``--field-name``, its type read from the annotation (``X | None``: an optional X; a
-    bool: ``--x`` / ``--no-x``), its default, choices and help from :func:`setting`. A
-    field without help (a dict such as ``options``) or in ``skip`` gets no flag."""
+    :func:`~promptviz.config.flag_of` (``--field-name``), its type read from the annotation
+    (``X | None``: an optional X; a bool: ``--x`` / ``--no-x``; ``list[X]`` and
+    ``tuple[X, ...]``: one or more X; ``dict[K, V]``: ``KEY=VALUE`` pairs, none or more), its
+    default, choices, metavar and help from :func:`~promptviz.config.setting`. A field
+    without help (a dict such as ``options``) or in ``skip`` gets no flag."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if f.name in skip or "help" not in meta:
             continue
-        kind = hints[f.name]
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        kind = args[0] if args and typing.get_origin(kind) in (types.UnionType, typing.Union) \
-            else kind
-        kw: dict = {"dest": f.name, "help": meta["help"], "default": f.default}
+        kind = _plain(hints[f.name])
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        kw: dict = {"dest": f.name, "help": meta["help"], "default": default}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
-        else:
+        elif origin is list or (origin is tuple and args[1:] == (Ellipsis,)):
+            kw.update(type=args[0], nargs="+")
+        elif origin is tuple and len(set(args)) == 1:
+            kw.update(type=args[0], nargs=len(args))
+        elif origin is dict:
+            kw.update(action=_PairsAction, pair_types=args, nargs="*", metavar="KEY=VALUE")
+        elif isinstance(kind, type) and origin is None:
             kw["type"] = kind
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag for a {kind}")
         if meta.get("choices"):
             kw["choices"] = meta["choices"]
         if meta.get("metavar"):
@@ -59,14 +111,24 @@ def add_fields(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) 
         if meta.get("required"):
             kw["required"] = True
             del kw["default"]
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+        p.add_argument(flag_of(cls, f.name), **kw)
 
 
 def config_from(a: argparse.Namespace, cls: type, **given: object) -> object:
     """The config dataclass ``cls`` from parsed flags (:func:`add_fields`), plus ``given``
-    for the fields a command sets itself."""
-    found = {f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)}
-    return cls(**{**found, **given})
+    for the fields a command sets itself. A list, tuple or dict is copied into the
+    annotation's own kind (a flag's ``nargs`` gives a list, a tuple field gets a tuple)."""
+    hints = typing.get_type_hints(cls)
+    found = {}
+    for f in dataclasses.fields(cls):
+        if f.name in given or not hasattr(a, f.name):
+            continue
+        value = getattr(a, f.name)
+        origin = typing.get_origin(_plain(hints[f.name]))
+        if value is not None and origin in (list, tuple, dict):
+            value = origin(value)
+        found[f.name] = value
+    return cls(**found, **given)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -110,14 +172,8 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    from promptviz.train.pretrain import PretrainConfig, pretrain
-    cfg = PretrainConfig(out=a.out, model=a.model, steps=a.steps, batch_size=a.batch_size,
-                         lr=a.lr, warmup=a.warmup, seed=a.seed, device=a.device,
-                         threads=a.threads, warm_steps=a.warm_steps, warm_from=a.warm_from,
-                         caption_noise=a.caption_noise, aux_weight=a.aux_weight,
-                         init_from=a.init_from, image_lr_scale=a.image_lr_scale,
-                         paint_names=a.paint_names, progress=not a.quiet)
-    print(f"wrote {pretrain(cfg)}")
+    from promptviz.train.pretrain import pretrain
+    print(f"wrote {pretrain(config_from(a, PretrainConfig, progress=not a.quiet))}")
     return 0
 
 
@@ -134,11 +190,9 @@ def cmd_toyworld_build(a: argparse.Namespace) -> int:
 
 
 def cmd_toyworld_card(a: argparse.Namespace) -> int:
-    from promptviz.tools.modelcard.measure import CardConfig, make_card
+    from promptviz.tools.modelcard.measure import make_card
     from promptviz.tools.modelcard.render import markdown
-    card = make_card(CardConfig(backbone=a.backbone, data_root=a.data_root, out=a.out,
-                                seeds=tuple(a.seeds), epochs=a.epochs, device=a.device,
-                                progress=not a.quiet))
+    card = make_card(config_from(a, CardConfig, progress=not a.quiet))
     print(markdown(card))
     print(f"wrote {a.out}/card.json and {a.out}/card.md")
     if a.pretrain_run or a.update_card:
@@ -153,7 +207,7 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from promptviz.tools.compare import CompareConfig, compare
+    from promptviz.tools.compare import compare
     from promptviz.tools.demo import format_table
     options: dict[str, dict[str, str]] = {}
     for key, value in _parse_sets(a.set).items():
@@ -161,14 +215,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if not dot:
             raise PromptvizError(f"--set {key}={value}: name the method, e.g. --set coop.n_ctx=16")
         options.setdefault(method, {})[name] = value
-    cfg = CompareConfig(methods=a.methods, datasets=a.datasets, seeds=a.seeds,
-                        protocol=a.protocol, shots=a.shots, source=a.source,
-                        backbone=a.backbone, data_root=a.data_root, out=a.out,
-                        epochs=a.epochs, batch_size=a.batch_size, device=a.device,
-                        feature_cache=not a.no_feature_cache, cache_dir=a.cache_dir,
-                        options=options,
-                        progress=not a.quiet)
-    table = compare(cfg)
+    table = compare(config_from(a, CompareConfig, options=options, progress=not a.quiet))
     if a.protocol == "base2new":
         print(format_table([{**r, "label": f"{r['method']}/{r['dataset']}"} for r in table]))
     else:
@@ -180,10 +227,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from promptviz.tools.demo import DemoConfig, run_demo
-    run_demo(DemoConfig(out=a.out, data_root=a.data_root, backbone=a.backbone,
-                        datasets=a.datasets or DemoConfig().datasets, device=a.device,
-                        progress=not a.quiet))
+    from promptviz.tools.demo import run_demo
+    run_demo(config_from(a, DemoConfig, progress=not a.quiet))
     return 0
 
 
@@ -205,31 +250,17 @@ def cmd_cache(a: argparse.Namespace) -> int:
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
 
 def add_quiet_flag(p: argparse.ArgumentParser, what: str = "progress bars") -> None:
     p.add_argument("--quiet", action="store_true", help=f"no {what}")
 
 
-def add_cache_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-feature-cache", action="store_true",
-                   help="encode every training batch through the frozen image tower "
-                        "(the straightforward path) instead of training from cached features")
-    p.add_argument("--cache-dir", help="where cached image features live (default: "
-                   "$PROMPTVIZ_CACHE_DIR or ~/.cache/promptviz/features; '' = memory only)")
-
-
 def cmd_bench(a: argparse.Namespace) -> int:
     from promptviz.tools.bench.report import format_bench
-    from promptviz.tools.bench.run import BENCH_METHODS, BenchConfig, bench
-    cfg = BenchConfig(backbone=a.backbone, device=a.device,
-                      methods=tuple(a.methods or BENCH_METHODS), batch_size=a.batch_size,
-                      eval_batch_size=a.eval_batch_size, steps=a.steps, warmup=a.warmup,
-                      classes=a.classes, epochs=a.epochs, cache_views=a.cache_views,
-                      threads=a.threads, peak_tflops=a.peak_tflops, seed=a.seed, out=a.out,
-                      progress=not a.quiet)
-    print(format_bench(bench(cfg)))
+    from promptviz.tools.bench.run import bench
+    print(format_bench(bench(config_from(a, BenchConfig, progress=not a.quiet))))
     print(f"wrote {a.out}")
     return 0
 
@@ -239,9 +270,13 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     empty value) or the help text already speaks of its default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        d = action.default
-        if d is None or d is False or d == "" or d == [] or "default" in (action.help or ""):
-            return action.help or ""
+        d, text = action.default, action.help or ""
+        if d is None or d is False or d in ("", [], (), {}) or "default" in text:
+            return text
+        if isinstance(d, (list, tuple, dict)):    # as it is typed: a b c, or KEY=VALUE pairs
+            shown = " ".join(f"{k}={v}" for k, v in d.items()) if isinstance(d, dict) \
+                else " ".join(map(str, d))
+            return f"{text} (default: {shown.replace('%', '%%')})"
         return super()._get_help_string(action)
 
 
@@ -297,43 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_datasets)
 
     pt = sub.add_parser("pretrain", help="pretrain toyclip contrastively on the ToyWorld stream")
-    pt.add_argument("--out", default="runs/pretrain",
-                    help="run folder; run the same command again to resume")
-    pt.add_argument("--model", default="toyclip", help="open_clip config name")
-    pt.add_argument("--steps", type=int, default=2500,
-                    help="contrastive training steps")
-    pt.add_argument("--warm-steps", type=int, default=1500,
-                    help="supervised warm start of the image tower (0 = none)")
-    pt.add_argument("--warm-from", default="", metavar="RUN",
-                    help="take the image tower from an earlier run (its --out folder or "
-                         "toyclip.safetensors; e.g. a --steps 0 warm start) instead of "
-                         "warming it up here")
-    pt.add_argument("--init-from", default="", metavar="RUN",
-                    help="start the whole CLIP from an earlier run's export (its --out "
-                         "folder or toyclip.safetensors) and go on training it")
-    pt.add_argument("--image-lr-scale", type=float, default=0.1, metavar="S",
-                    help="image tower's learning rate × S after a warm start or --init-from "
-                         "(0 locks it)")
-    pt.add_argument("--paint-names", type=float, default=0.0, metavar="P",
-                    help="chance that a caption names a colour by its specialist name "
-                         "('vermilion'), the words ToyPaints' classes use (0-1)")
-    pt.add_argument("--caption-noise", type=float, default=0.0, metavar="P",
-                    help="share of web-like careless captions: the main object's shape "
-                         "left vague, or only the other objects described (0-1)")
-    pt.add_argument("--aux-weight", type=float, default=0.0, metavar="W",
-                    help="weight of attribute heads on the image embedding during the "
-                         "contrastive run (keeps what the warm start taught; 0 = off)")
-    pt.add_argument("--batch-size", type=int, default=128,
-                    help="scenes (image-caption pairs) per step")
-    pt.add_argument("--lr", type=float, default=1e-3,
-                    help="peak learning rate")
-    pt.add_argument("--warmup", type=int, default=100,
-                    help="linear warm-up steps")
-    pt.add_argument("--seed", type=int, default=0,
-                    help="seed of the ToyWorld stream and of the initialisation")
-    add_device_flag(pt)
-    pt.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: torch's default)")
+    add_fields(pt, PretrainConfig, skip=("progress",))
     add_quiet_flag(pt, "progress bar")
     pt.set_defaults(func=cmd_pretrain)
 
@@ -355,16 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--datasets", nargs="*", help="subset of dataset folders (default: all)")
     b.set_defaults(func=cmd_toyworld_build)
     c = tw_sub.add_parser("card", help="measure a backbone's zero-shot and CoOp tables")
-    c.add_argument("--backbone", default="toyclip",
-                   help="toyclip, NAME:TAG (open_clip) or a weight file")
-    c.add_argument("--data-root", default="data/toyworld",
-                   help="the ToyWorld suite")
-    c.add_argument("--out", default="runs/card",
-                   help="folder for the card's runs and tables")
-    c.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                   help="CoOp's seeds")
-    c.add_argument("--epochs", type=int, default=50, help="CoOp's training epochs")
-    add_device_flag(c)
+    add_fields(c, CardConfig, skip=("progress",))
     add_quiet_flag(c)
     c.add_argument("--pretrain-run", help="the `promptviz pretrain --out` folder of the shipped "
                    "weights: also write assets/toyclip/MODEL_CARD.md with its provenance")
@@ -376,47 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_toyworld_card)
 
     cp = sub.add_parser("compare", help="methods x datasets x seeds under one protocol")
-    cp.add_argument("--methods", nargs="+", default=["zeroshot", "coop"],
-                    help="methods, or variants such as 'sep[ensemble=false]' (own row each)")
-    cp.add_argument("--datasets", nargs="+", default=["toy_fine"],
-                    help="datasets under --data-root (names, card folders or paths)")
-    cp.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
-                    help="one run per seed; the table gives mean ± std")
-    cp.add_argument("--protocol", default="base2new",
-                    choices=["base2new", "fewshot", "crossdataset", "dg"],
-                    help="crossdataset and dg train once on --source and test elsewhere")
-    cp.add_argument("--shots", type=int, nargs="+", default=[16],
-                    help="one table per shot count")
-    cp.add_argument("--source", help="crossdataset / dg: the dataset to train on")
-    cp.add_argument("--backbone", default="toyclip",
-                    help="toyclip, NAME:TAG (open_clip) or a weight file")
-    cp.add_argument("--data-root", default="data/toyworld",
-                    help="folder holding the datasets")
-    cp.add_argument("--out", default="runs/compare",
-                    help="study folder: table.json, table.csv, report.html and runs/ "
-                         "(finished runs are reused)")
-    cp.add_argument("--epochs", type=int,
-                    help="every method's epochs (default: each method's own schedule)")
-    cp.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
-    add_device_flag(cp)
+    add_fields(cp, CompareConfig, skip=("progress",))
     cp.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="a method's option, e.g. --set coop.n_ctx=8 (repeatable)")
     add_quiet_flag(cp)
-    add_cache_flags(cp)
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", help="zero-shot vs CoOp, TextRefiner and SEP on ToyWorld, "
                         "with an HTML report")
-    dm.add_argument("--out", default="runs/demo",
-                    help="folder for the runs and report.html")
-    dm.add_argument("--data-root", default="data/toyworld",
-                    help="the ToyWorld suite (built there if missing)")
-    dm.add_argument("--backbone", default="toyclip",
-                    help="toyclip, NAME:TAG (open_clip) or a weight file")
-    dm.add_argument("--datasets", nargs="+", default=None,
-                    help="ToyWorld datasets (or any datasets under --data-root; default "
-                         "toy_paints toy_fine)")
-    add_device_flag(dm)
+    add_fields(dm, DemoConfig, skip=("progress",))
     add_quiet_flag(dm)
     dm.set_defaults(func=cmd_demo)
 
@@ -428,28 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="optimised vs straightforward throughput and memory, "
                         "per method, on synthetic inputs")
-    bn.add_argument("--backbone", default="toyclip",
-                    help="toyclip, or e.g. ViT-B-16 (random weights: same shapes and cost)")
-    add_device_flag(bn)
-    bn.add_argument("--methods", nargs="+",
-                    help="default: zeroshot coop kgcoop cocoop textrefiner sep")
-    bn.add_argument("--batch-size", type=int, help="training batch (default: each method's)")
-    bn.add_argument("--eval-batch-size", type=int,
-                    help="default: 128 on CUDA, 32 on CPU (8 for CoCoOp)")
-    bn.add_argument("--steps", type=int, help="timed steps (default: 20 on CUDA, 3 on CPU)")
-    bn.add_argument("--warmup", type=int, help="untimed steps first (default: 5 CUDA, 1 CPU)")
-    bn.add_argument("--classes", type=int, default=100, help="number of classes")
-    bn.add_argument("--epochs", type=int,
-                    help="schedule the cache cost is amortised over (default: each method's)")
-    bn.add_argument("--cache-views", type=int, default=10,
-                    help="augmented views per training image in the cached path's cost")
-    bn.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
-    bn.add_argument("--peak-tflops", type=float,
-                    help="the GPU's dense bf16 peak (default: looked up from its name)")
-    bn.add_argument("--seed", type=int, default=0,
-                    help="seed of the synthetic inputs")
-    bn.add_argument("--out", default="runs/bench/bench.json",
-                    help="JSON file for the measurements")
+    add_fields(bn, BenchConfig, skip=("progress",))
     add_quiet_flag(bn, "progress output")
     bn.set_defaults(func=cmd_bench)
     return p

@@ -128,9 +128,14 @@ def test_every_bad_flag_is_listed_in_one_message(tmp_path, capsys):
         assert fragment in line
     assert "--seed" not in line                       # any whole number is a seed
     assert not out.exists()
-    # library-only settings are named as such
-    with pytest.raises(PromptvizError, match=r"PretrainConfig\.save_every 0"):
+    # every setting is a flag now (promptviz.config.PretrainConfig), named by it, also when
+    # the library is called directly; a field without help (a flag) would be PretrainConfig.x
+    with pytest.raises(PromptvizError, match=r"--save-every 0: give a whole number"):
         PretrainConfig(save_every=0).validate()
+    assert main(_args(out, 2, "--save-every", "0", "--clean-end", "1.5")) == 2
+    line = _error(capsys)
+    assert "--save-every 0" in line and "--clean-end 1.5" in line
+    assert not out.exists()
 
 
 def test_steps_0_needs_a_warm_start(tmp_path, capsys):

@@ -27,7 +27,6 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import plotly.graph_objects as go
 
 from promptviz.backbone import load_clip
 from promptviz.checkpoint import atomic_write_text
+from promptviz.config import STUDY_PROTOCOLS, CompareConfig
 from promptviz.data.load import load_dataset, looks_like_path
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods import METHODS, build_method, method_class
@@ -52,30 +52,8 @@ from promptviz.train.loop import (
 )
 from promptviz.viz import Report, accuracy_bars, results_table_html
 
-PROTOCOLS = ("base2new", "fewshot", "crossdataset", "dg")
-
 REAL_DATASETS = {"imagenet", "caltech-101", "oxford_pets", "stanford_cars", "oxford_flowers",
                  "food-101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"}
-
-
-@dataclass
-class CompareConfig:
-    methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop"])
-    datasets: list[str] = field(default_factory=lambda: ["toy_fine"])
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    protocol: str = "base2new"
-    shots: list[int] = field(default_factory=lambda: [16])
-    source: str | None = None           # crossdataset / dg: the training dataset
-    backbone: str = "toyclip"
-    data_root: str = "data/toyworld"
-    out: str = "runs/compare"
-    epochs: int | None = None           # None = each method's default
-    batch_size: int | None = None       # None = each method's default (32; CoCoOp 1)
-    device: str = "cpu"
-    feature_cache: bool = True          # as TrainConfig.feature_cache / cache_dir
-    cache_dir: str | None = None
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # per method
-    progress: bool = False
 
 
 _VARIANT = re.compile(r"^([A-Za-z0-9_]+)(?:\[(.*)\])?$")
@@ -120,8 +98,9 @@ def _train_cfg(cfg: CompareConfig, label: str, dataset: str, shots: int, seed: i
 
 def plan(cfg: CompareConfig) -> list[tuple[str, str, int, int]]:
     """Every (method, train dataset, shots, seed) the study needs."""
-    if cfg.protocol not in PROTOCOLS:
-        raise PromptvizError(f"unknown protocol {cfg.protocol!r}; use one of {PROTOCOLS}")
+    if cfg.protocol not in STUDY_PROTOCOLS:
+        raise PromptvizError(f"unknown protocol {cfg.protocol!r}; use one of "
+                             f"{STUDY_PROTOCOLS}")
     if cfg.protocol in {"crossdataset", "dg"}:
         if not cfg.source:
             raise PromptvizError(f"--protocol {cfg.protocol} needs --source DATASET (the "

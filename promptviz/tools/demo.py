@@ -15,7 +15,6 @@ without a kernel.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from promptviz.analysis.probe import load_images
 from promptviz.analysis.scores import patch_object_mask, slot_on_object
 from promptviz.backbone import load_clip
+from promptviz.config import DemoConfig
 from promptviz.data import Sample, load_dataset
 from promptviz.data.toyworld.suite import load_ground_truth
 from promptviz.errors import PromptvizError
@@ -45,26 +45,8 @@ from promptviz.viz import (
 )
 from promptviz.viz.sep import selected_for_image, selection_map
 
-TOYWORLD_ROOT = "data/toyworld"
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp",
           "cocoop": "CoCoOp", "textrefiner": "CoOp+TextRefiner", "sep": "SEP"}
-
-
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"
-    data_root: str = TOYWORLD_ROOT
-    backbone: str = "toyclip"
-    datasets: list[str] = field(default_factory=lambda: ["toy_paints", "toy_fine"])
-    methods: list[str] = field(default_factory=lambda: ["zeroshot", "coop", "textrefiner", "sep"])
-    shots: int = 16
-    seed: int = 1
-    epochs: int = 10
-    # ToyPaints' 5 base classes × 16 shots make two batches an epoch: it trains for as many
-    # epochs as the model card's CoOp (10 epochs would be 20 optimiser steps)
-    epochs_by_dataset: dict[str, int] = field(default_factory=lambda: {"toy_paints": 50})
-    device: str = "cpu"
-    progress: bool = True
 
 
 def format_table(rows: list[dict]) -> str:
@@ -200,6 +182,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.perf_counter()
     for method in cfg.methods:                  # every mistake before the first run trains
         TrainConfig(method=method, shots=cfg.shots, epochs=cfg.epochs).resolved().validate()
+    negative = [f"{d}={e}" for d, e in cfg.epochs_by_dataset.items() if e < 0]
+    if negative:
+        raise PromptvizError(f"--epochs-by-dataset {' '.join(negative)}: use 0 or more epochs")
     clip = load_clip(cfg.backbone, check_device(cfg.device))
     weights = weights_fingerprint(clip.model)
     missing = []                       # build only what the demo reads and is not there

@@ -25,14 +25,13 @@ import json
 import logging
 import math
 import random
-import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Any
@@ -50,6 +49,7 @@ from promptviz.checkpoint import (
     load_state,
     make_folder,
 )
+from promptviz.config import PretrainConfig, flag_of
 from promptviz.data.toyworld import patch_labels, render_scenes, sample_batch, sample_scene
 from promptviz.data.toyworld.world import (
     BACKGROUNDS,
@@ -64,129 +64,6 @@ from promptviz.data.transforms import normalise
 from promptviz.errors import PromptvizError
 from promptviz.progress import progress_bar
 
-
-@dataclass
-class PretrainConfig:
-    out: str = "runs/pretrain"
-    model: str = "toyclip"             # an open_clip config name (promptviz/configs)
-    steps: int = 2500
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup: int = 100
-    weight_decay: float = 0.1
-    seed: int = 0
-    image_size: int | None = None      # None: the --model config's vision_cfg.image_size
-    device: str = "cpu"
-    threads: int = 0                   # torch CPU threads (0 = torch's default)
-    # Curriculum. A small ViT learns colour first (it sorts most captions of a batch) and
-    # then stalls on shape, which needs the silhouette across patches. So a share of the
-    # scenes is *clean* (one object, filled, plain background), falling linearly from
-    # clean_start to clean_end over the run, and a share of the batches paints every
-    # object one colour, so that colour cannot tell those captions apart.
-    clean_start: float = 0.7
-    clean_end: float = 0.2
-    same_colour_share: float = 0.5
-    # Warm start (LiT-style): before the contrastive run, the image tower learns the main
-    # object's shape, colour, pattern, size and position from ToyWorld's ground truth for
-    # ``warm_steps`` steps; the contrastive run then trains it at ``image_lr_scale`` × lr.
-    warm_steps: int = 1500
-    # Or take the image tower from an earlier run's export (e.g. one made with ``steps=0``,
-    # a warm start only) instead of warming up here; its warm-start log is copied along.
-    warm_from: str = ""
-    # Or start the whole CLIP (both towers) from an earlier run's export and go on training
-    # it, e.g. with the image tower locked (image_lr_scale=0) and a new caption vocabulary.
-    init_from: str = ""
-    warm_clean: float = 0.7            # share of clean scenes in the warm start's batches
-    warm_dense: float = 1.0            # weight of the per-patch shape / colour losses
-    image_lr_scale: float = 0.1
-    logit_scale: float = 0.0           # > 0: start the temperature at this scale
-    learn_scale: bool = True            # False: keep the starting scale fixed
-    same_caption: bool = False          # identical captions are positives of each other
-    # Web-like captions: the share of captions that leave the main object's shape vague or
-    # describe only the other objects (see toyworld.captions.caption).
-    caption_noise: float = 0.0
-    # The chance that a named colour is its specialist name ("vermilion", "ultramarine":
-    # toyworld.captions.PAINT_WORDS), rare words that ToyPaints' class names use.
-    paint_names: float = 0.0
-    # Keep the warm start's lesson during the contrastive run: linear heads on the image
-    # embedding name the main object's attributes, the style and the background from
-    # ground truth, added to the contrastive loss with this weight (0 = off).
-    aux_weight: float = 0.0
-    log_every: int = 50
-    save_every: int = 200
-    probe_every: int = 250
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Check every setting's type and range at once; raise one :class:`PromptvizError`
-        listing each bad one with its flag and allowed values. Touches nothing on disk."""
-        bad: list[str] = []
-
-        def whole(name: str, low: int, allowed: str, high: int | None = None) -> None:
-            v = getattr(self, name)
-            if (isinstance(v, bool) or not isinstance(v, int) or v < low
-                    or (high is not None and v > high)):
-                bad.append(f"{_flag(name)} {v!r}: give {allowed}")
-
-        def number(name: str, allowed: str, low: float = 0.0, high: float = math.inf,
-                   above_low: bool = False) -> None:
-            v = getattr(self, name)
-            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  and (v > low if above_low else v >= low) and v <= high)
-            if not ok:
-                bad.append(f"{_flag(name)} {v!r}: give {allowed}")
-
-        def text(name: str, required: bool) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, str) or (required and not v.strip()):
-                bad.append(f"{_flag(name)} {v!r}: give a {'non-empty ' if required else ''}"
-                           "string")
-
-        text("out", True)
-        text("model", True)
-        text("warm_from", False)
-        text("init_from", False)
-        whole("steps", 0, "a whole number of steps >= 0 (0 = warm start only)")
-        whole("batch_size", 1, "a whole number of scenes >= 1, e.g. 128")
-        number("lr", "a finite number > 0, e.g. 1e-3", above_low=True)
-        number("min_lr", "a finite number >= 0, e.g. 1e-5")
-        whole("warmup", 0, "a whole number of steps >= 0 (0 = no warm-up)")
-        number("weight_decay", "a finite number >= 0, e.g. 0.1")
-        whole("seed", -2**63, f"a whole number from {-2**63} to {2**64 - 2}", high=2**64 - 2)
-        whole("threads", 0, "a whole number >= 0 (0 = torch's default)")
-        whole("warm_steps", 0, "a whole number of steps >= 0 (0 = no warm start)")
-        for name, zero in (("caption_noise", "clean captions"),
-                           ("paint_names", "no specialist colour names"),
-                           ("clean_start", "no clean scenes"), ("clean_end", "no clean scenes"),
-                           ("same_colour_share", "never"), ("warm_clean", "no clean scenes")):
-            number(name, f"a share from 0 ({zero}) to 1", high=1.0)
-        number("warm_dense", "a finite number >= 0 (0 = no per-patch losses)")
-        number("image_lr_scale", "a finite number >= 0 (0 locks the image tower)")
-        number("aux_weight", "a finite number >= 0 (0 turns the attribute heads off)")
-        number("logit_scale", "a number from 0 (the model's own start) to 100", high=100.0)
-        if self.image_size is not None:
-            whole("image_size", 16, "None (the --model's own size) or a whole number >= 16")
-        for name in ("log_every", "save_every", "probe_every"):
-            whole(name, 1, "a whole number of steps >= 1")
-        if not (isinstance(self.device, str)
-                and re.fullmatch(r"cpu|cuda(:\d+)?", self.device.strip())):
-            bad.append(f"--device {self.device!r}: give cpu, cuda or cuda:N")
-        if bad:
-            raise PromptvizError("bad pretrain setting" + ("s" if len(bad) > 1 else "")
-                                 + ": " + "; ".join(bad))
-        if self.init_from and (self.warm_from or self.warm_steps):
-            raise PromptvizError("--init-from starts from a whole trained CLIP, so there is "
-                                 "nothing to warm up: drop --warm-from and pass --warm-steps 0")
-        if self.steps == 0 and not (self.warm_steps or self.warm_from or self.init_from):
-            raise PromptvizError("--steps 0 with --warm-steps 0 trains nothing; give --steps "
-                                 ">= 1, or --warm-steps >= 1 for a warm start only")
-
-
-# the PretrainConfig fields that `promptviz pretrain` has a flag for (cli.cmd_pretrain)
-_CLI_FLAGS = frozenset({"out", "model", "steps", "batch_size", "lr", "warmup", "seed", "device",
-                        "threads", "warm_steps", "warm_from", "init_from", "caption_noise",
-                        "aux_weight", "image_lr_scale", "paint_names"})
 STATE = "state.pt"                     # the contrastive run's resumable state
 WARM_STATE = "warm_state.pt"           # the warm start's, while it is under way
 _STATE_KEYS = frozenset({"model", "optimizer", "generator", "step", "log", "config"})
@@ -195,8 +72,8 @@ _WARM_KEYS = frozenset({"visual", "heads", "dense", "optimizer", "generator", "s
 
 
 def _flag(name: str) -> str:
-    """How a user sets config field ``name``: its CLI flag, or the library field."""
-    return "--" + name.replace("_", "-") if name in _CLI_FLAGS else f"PretrainConfig.{name}"
+    """How a user sets config field ``name``: its flag (:func:`promptviz.config.flag_of`)."""
+    return flag_of(PretrainConfig, name)
 
 
 def _reason(e: BaseException | None) -> str:
@@ -561,9 +438,9 @@ def _model_image_size(model_cfg: dict[str, Any], cfg: PretrainConfig) -> int:
                              "at least 16 px, so pick a model whose vision_cfg.image_size is "
                              ">= 16")
     if cfg.image_size is not None and cfg.image_size != size:
-        raise PromptvizError(f"PretrainConfig.image_size {cfg.image_size} does not match "
-                             f"--model {cfg.model}, which takes {size} px images "
-                             "(vision_cfg.image_size); leave image_size unset (None)")
+        raise PromptvizError(f"--image-size / PretrainConfig.image_size {cfg.image_size} does "
+                             f"not match --model {cfg.model}, which takes {size} px images "
+                             "(vision_cfg.image_size); leave it unset (None)")
     return size
 
 

@@ -25,7 +25,7 @@ from promptviz.train.inputs import cached_batches
 from promptviz.train.loop import TrainConfig, make_optimizer
 
 if TYPE_CHECKING:
-    from promptviz.tools.bench.run import BenchConfig
+    from promptviz.config import BenchConfig
 
 
 def _images(n: int, bb: Backbone, gen: torch.Generator) -> torch.Tensor:

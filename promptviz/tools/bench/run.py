@@ -7,10 +7,8 @@ fraction of its bf16 peak, and writes the JSON.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,8 @@ import torch
 
 from promptviz.backbone import Backbone, load_clip
 from promptviz.checkpoint import atomic_write_text
-from promptviz.errors import PromptvizError
-from promptviz.methods import METHODS, build_method, method_class
+from promptviz.config import BenchConfig
+from promptviz.methods import build_method, method_class
 from promptviz.precision import resolve_precision
 from promptviz.tools.bench.measure import (
     bf16_peak_tflops,
@@ -35,52 +33,9 @@ from promptviz.tools.bench.phases import default_eval_batch, eval_phase, train_p
 from promptviz.tools.bench.report import cache_estimate, round_floats
 from promptviz.train.loop import check_device
 
-BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep")
 SCHEMA = "promptviz-bench/1"
 TEMPLATE = "a photo of a {}."
 PATHS = ("straightforward", "optimised")
-
-
-@dataclass
-class BenchConfig:
-    backbone: str = "toyclip"
-    device: str = "cpu"
-    methods: tuple[str, ...] = BENCH_METHODS
-    batch_size: int | None = None        # None: each method's own default (the papers')
-    eval_batch_size: int | None = None   # None: 128 on CUDA, 32 on CPU (CoCoOp: 8 on CPU)
-    steps: int | None = None             # timed steps per measurement; None: 20 CUDA, 3 CPU
-    warmup: int | None = None            # untimed steps first; None: 5 CUDA, 1 CPU
-    classes: int = 100                   # C: class prompts per step / evaluation
-    epochs: int | None = None            # schedule the cache is amortised over (None: method's)
-    cache_views: int = 10                # as TrainConfig.cache_views
-    threads: int = 0                     # CPU threads for torch (0: leave as is)
-    peak_tflops: float | None = None     # the GPU's bf16 peak (None: from the device name)
-    seed: int = 0
-    out: str = "runs/bench/bench.json"
-    progress: bool = True
-
-    def resolved(self, device: torch.device) -> BenchConfig:
-        """Fill the device-dependent defaults and check every value."""
-        cuda = device.type == "cuda"
-        cfg = dataclasses.replace(
-            self, methods=tuple(self.methods),
-            steps=self.steps if self.steps is not None else (20 if cuda else 3),
-            warmup=self.warmup if self.warmup is not None else (5 if cuda else 1))
-        unknown = [m for m in cfg.methods if m not in METHODS]
-        if unknown or not cfg.methods:
-            raise PromptvizError(f"unknown method(s) {unknown} for --methods; choose from "
-                                 f"{list(BENCH_METHODS)}")
-        for name in ("batch_size", "eval_batch_size", "steps", "classes", "cache_views",
-                     "epochs"):
-            value = getattr(cfg, name)
-            if value is not None and value < 1:
-                raise PromptvizError(f"--{name.replace('_', '-')} must be at least 1, "
-                                     f"got {value}")
-        if cfg.warmup < 0 or cfg.threads < 0:
-            raise PromptvizError("--warmup and --threads must not be negative")
-        if cfg.peak_tflops is not None and cfg.peak_tflops <= 0:
-            raise PromptvizError(f"--peak-tflops must be positive, got {cfg.peak_tflops}")
-        return cfg
 
 
 def _dtype_name(precision: str, device: torch.device) -> str:

@@ -11,12 +11,12 @@ tables (``card.md``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from promptviz.backbone import check_device, load_clip
 from promptviz.checkpoint import atomic_write_text
+from promptviz.config import CardConfig
 from promptviz.data import load_dataset
 from promptviz.errors import PromptvizError
 from promptviz.methods import build_method
@@ -27,20 +27,6 @@ from promptviz.train.loop import TrainConfig, run
 
 TRAIN_SETS = ("toy_shapes", "toy_textures", "toy_fine", "toy_scenes", "toy_paints")
 SHIFTED = ("toy_shapes_sketch", "toy_shapes_noisy", "toy_shapes_shifted")
-
-
-@dataclass
-class CardConfig:
-    backbone: str = "toyclip"
-    data_root: str = "data/toyworld"
-    out: str = "runs/card"
-    seeds: tuple[int, ...] = (1, 2, 3)
-    # CoOp's epochs. ToyWorld's base splits are small (5 classes x 16 shots = 2 full batches
-    # of 32), so the 10 epochs of CoOp's defaults would be 20 SGD steps; 50 is SEP's base-to-
-    # novel budget (CoOp's own few-shot runs use 200).
-    epochs: int = 50
-    device: str = "cpu"
-    progress: bool = False
 
 
 def zero_shot_accuracy(cfg: CardConfig) -> list[dict[str, Any]]:

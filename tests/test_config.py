@@ -236,7 +236,9 @@ def test_the_flags_commands_had_before_are_kept():
         "demo": {"--out": "runs/demo", "--data-root": "data/toyworld", "--backbone": "toyclip",
                  "--datasets": ["toy_paints", "toy_fine"], "--device": "cpu", "--quiet": False},
         "bench": {"--backbone": "toyclip", "--device": "cpu",
-                  "--methods": ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep"),
+                  # + the deep-prompt family (#22): a deliberate change of the default
+                  "--methods": ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep",
+                                "ivlp", "vpt", "maple"),
                   "--batch-size": None, "--eval-batch-size": None, "--steps": None,
                   "--warmup": None, "--classes": 100, "--epochs": None, "--cache-views": 10,
                   "--threads": 0, "--peak-tflops": None, "--seed": 0,

@@ -10,13 +10,17 @@ from promptviz.methods.base import Method, TrainDefaults, parse_options
 from promptviz.methods.clip_adapter import CLIPAdapter
 from promptviz.methods.cocoop import CoCoOp
 from promptviz.methods.coop import CoOp, nearest_words
+from promptviz.methods.ivlp import IVLP
 from promptviz.methods.kgcoop import KgCoOp
+from promptviz.methods.maple import MaPLe
 from promptviz.methods.sep import SEP
 from promptviz.methods.textrefiner import TextRefiner
+from promptviz.methods.vpt import VPT
 from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter)}
+    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter, IVLP,
+                         VPT, MaPLe)}
 
 
 def method_class(name: str) -> type[Method]:
@@ -34,5 +38,5 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], template:
 
 
 __all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "method_class",
-           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "KgCoOp", "SEP", "TextRefiner",
-           "ZeroShot"]
+           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "IVLP", "KgCoOp", "MaPLe", "SEP",
+           "TextRefiner", "VPT", "ZeroShot"]

@@ -117,9 +117,10 @@ class Method(nn.Module):
         return self.logits(self.inputs(images), text)
 
     @classmethod
-    def dataset_options(cls, dataset: str) -> dict[str, Any]:
+    def dataset_options(cls, dataset: str, protocol: str = "base2new") -> dict[str, Any]:
         """Option defaults the authors' code sets for ``dataset`` (``Dataset.name``, e.g.
-        ``"fgvc_aircraft"``); applied by training unless the user set them. None by default."""
+        ``"fgvc_aircraft"``) under ``protocol``; applied by training unless the user set them.
+        None by default."""
         return {}
 
     def prepare(self, loader: Iterable) -> None:

@@ -30,7 +30,11 @@ class PromptLearner(nn.Module):
     """Learnable context vectors and the frozen pieces of every class's sentence."""
 
     def __init__(self, backbone: Backbone, n_ctx: int, ctx_init: str, n_classes: int,
-                 class_specific: bool = False, position: str = "end") -> None:
+                 class_specific: bool = False, position: str = "end",
+                 learned: int | None = None) -> None:
+        """``learned``: with ``ctx_init``, only its first ``learned`` tokens become learnable
+        vectors and the rest of the phrase stays frozen text (MaPLe and IVLP learn "a photo"
+        of "a photo of a", the authors' ``embedding[0, 1:1 + n_ctx]``)."""
         super().__init__()
         if position not in {"end", "middle", "front"}:
             raise PromptvizError(f"class_token_position={position!r}; use end, middle or front")
@@ -46,6 +50,12 @@ class PromptLearner(nn.Module):
                     f"{ids.shape[1]} tokens; shorten --set ctx_init= (a few words, e.g. "
                     "'a photo of a')")
             n_ctx = int((ids[0] > 0).sum()) - 2                 # minus SOS and EOT
+            if learned is not None:
+                if not 1 <= learned <= n_ctx or position != "end":
+                    raise PromptvizError(
+                        f"{learned} learned context tokens of ctx_init {ctx_init!r} ({n_ctx} "
+                        "tokens): use 1 to that many, with the class token at the end")
+                n_ctx = learned
             with torch.no_grad():
                 ctx = backbone.token_embedding(ids)[0, 1:1 + n_ctx].float()
             self.placeholder = ctx_init

@@ -237,7 +237,7 @@ class SEP(Method):
         self.set_classnames(classnames, template)
 
     @classmethod
-    def dataset_options(cls, dataset: str) -> dict[str, Any]:
+    def dataset_options(cls, dataset: str, protocol: str = "base2new") -> dict[str, Any]:
         """SEP's own template for ``t0`` on the four datasets where it differs from CoOp's."""
         return {"template": SEP_TEMPLATES[dataset]} if dataset in SEP_TEMPLATES else {}
 

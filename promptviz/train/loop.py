@@ -469,7 +469,7 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
     resolve_precision(cfg.precision, device)
     weights = featcache.weights_fingerprint(backbone.model)
     key = run_key(requested, weights)
-    options = {**method_class(cfg.method).dataset_options(ds.name), **cfg.options}
+    options = {**method_class(cfg.method).dataset_options(ds.name, cfg.protocol), **cfg.options}
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           options)
     if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):

@@ -28,7 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("last", "best_val")          # the final model: last epoch | best on validation
 OPTIMIZERS = ("sgd", "adam")
 BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep", "ivlp", "vpt",
-                 "maple")
+                 "maple", "promptsrc")
 TOYWORLD_ROOT = "data/toyworld"
 BACKBONE_HELP = "toyclip, NAME:TAG (open_clip) or a weight file"
 DEVICE_HELP = "cpu | cuda | cuda:N"
@@ -57,7 +57,7 @@ class TrainConfig:
     """``promptviz train``: one method on one dataset, one protocol, shots and seed."""
 
     method: str = setting("coop", "zeroshot | coop | cocoop | kgcoop | textrefiner | sep | "
-                          "clip_adapter | ivlp | vpt | maple", required=True)
+                          "clip_adapter | ivlp | vpt | maple | promptsrc", required=True)
     backbone: str = setting("toyclip", "toyclip, NAME:TAG (open_clip, e.g. ViT-B-16:openai) "
                             "or a weight file")
     dataset: str = setting("toy_fine", "CoOp folder name (dtd, oxford_pets, …), a card folder "

@@ -13,6 +13,7 @@ from promptviz.methods.coop import CoOp, nearest_words
 from promptviz.methods.ivlp import IVLP
 from promptviz.methods.kgcoop import KgCoOp
 from promptviz.methods.maple import MaPLe
+from promptviz.methods.promptsrc import PromptSRC
 from promptviz.methods.sep import SEP
 from promptviz.methods.textrefiner import TextRefiner
 from promptviz.methods.vpt import VPT
@@ -20,7 +21,7 @@ from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter, IVLP,
-                         VPT, MaPLe)}
+                         VPT, MaPLe, PromptSRC)}
 
 
 def method_class(name: str) -> type[Method]:
@@ -38,5 +39,5 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], template:
 
 
 __all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "method_class",
-           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "IVLP", "KgCoOp", "MaPLe", "SEP",
-           "TextRefiner", "VPT", "ZeroShot"]
+           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "IVLP", "KgCoOp", "MaPLe",
+           "PromptSRC", "SEP", "TextRefiner", "VPT", "ZeroShot"]

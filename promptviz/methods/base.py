@@ -128,6 +128,23 @@ class Method(nn.Module):
         resume). A method that needs a pass over the data first (SEP's prototypes) does it
         here; the default does nothing."""
 
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Called after training epoch ``epoch`` (1-based) of ``epochs``; PromptSRC adds the
+        weights to its Gaussian-weighted average here. Nothing by default."""
+
+    def end_training(self) -> None:
+        """Called once after the last training epoch (also when a resumed run had none left),
+        before ``--select best_val`` restores its best epoch; PromptSRC swaps in its average
+        of the epochs' weights. Nothing by default."""
+
+    def training_state(self) -> dict[str, Tensor]:
+        """State that exists only while training: the resume file carries it, the final
+        checkpoint does not (PromptSRC's running average). Empty by default."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`training_state` when a run resumes."""
+
     def extra_loss(self, text: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
         """The method's own regularisers on its text features ``text`` ``[C, d]``.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,7 @@ class IVLP(Method):
     Options = IVLPOptions
     image_input = Pixels()     # the visual prompts change the image pass
     defaults = TrainDefaults(epochs=5, lr=0.0035, optimizer="sgd", batch_size=4)
+    authors_depth: ClassVar[int] = AUTHORS_BLOCKS    # depth=None: prompts in 12 of 12 blocks
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str,
                  options: IVLPOptions | None = None) -> None:
@@ -111,9 +113,9 @@ class IVLP(Method):
             raise PromptvizError(f"n_ctx_text={o.n_ctx_text}, n_ctx_vision={o.n_ctx_vision}: "
                                  "prompt at least one tower with a positive token count")
         self.n_text, self.n_vision = o.n_ctx_text, o.n_ctx_vision
-        self.depth_text = resolve_depth(o.depth_text, AUTHORS_BLOCKS, info.text_layers,
+        self.depth_text = resolve_depth(o.depth_text, self.authors_depth, info.text_layers,
                                         "depth_text") if self.n_text else 0
-        self.depth_vision = resolve_depth(o.depth_vision, AUTHORS_BLOCKS, info.vision_layers,
+        self.depth_vision = resolve_depth(o.depth_vision, self.authors_depth, info.vision_layers,
                                           "depth_vision") if self.n_vision else 0
         if self.n_text:
             self.prompt = text_prompt_learner(backbone, self.n_text, o.ctx_init, len(classnames))

@@ -181,10 +181,12 @@ def train_method(method: Method, train_set: Dataset, cfg: TrainConfig,
         history.append(logs)
         epochs_bar.update(1)                      # then drawn once with this epoch's numbers
         epochs_bar.set_postfix(_bar_numbers(logs))
+        method.end_epoch(epoch + 1, cfg.epochs)   # e.g. PromptSRC's weight average
         if on_epoch is not None:
             on_epoch(history)
         saved.save(epoch + 1, history, best)
     epochs_bar.close()
+    method.end_training()
     if cfg.select == "best_val" and best["state"] is not None:
         method.load_trainable_state(best["state"])
     _check_outputs(method, inputs, cfg, precision)
@@ -280,6 +282,7 @@ class Resumable:
                   "from scratch")
             return 0, [], fresh
         self.method.load_trainable_state(saved["state"])
+        self.method.load_training_state(saved.get("training", {}))  # older files: none
         self.optim.load_state_dict(saved["optimizer"])  # moves its state to the params' device
         self.scaler.load_state_dict(saved["scaler"])
         self.gen.set_state(saved["generator"])
@@ -293,6 +296,7 @@ class Resumable:
             return
         atomic_torch_save({"epoch": epoch, "history": history, "config": self.key,
                            "state": self.method.trainable_state(),
+                           "training": self.method.training_state(),   # e.g. GPA's sum
                            "optimizer": self.optim.state_dict(),
                            "scaler": self.scaler.state_dict(), "best": best,
                            "generator": self.gen.get_state(),

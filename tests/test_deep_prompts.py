@@ -9,6 +9,7 @@ import json
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 
 from promptviz.backbone import Backbone
 from promptviz.checkpoint import load_checkpoint, save_checkpoint
@@ -221,3 +222,69 @@ def test_defaults_are_the_authors():
     assert (o["vpt"].n_ctx_text, o["vpt"].n_ctx_vision, o["vpt"].template) == \
         (0, 8, "a photo of a {}.")
     assert (o["maple"].n_ctx, o["maple"].ctx_init, o["maple"].depth) == (2, "a photo of a", None)
+
+
+# ------------------------------------------------------------------- interventions
+def test_interventions_on_deep_prompts(tiny_clip):
+    from promptviz.analysis.interventions import available, intervene
+    images = _images(tiny_clip)
+    m = build_method("ivlp", tiny_clip, NAMES, TEMPLATE)
+    _perturb(m, 0.3)
+    assert available(m) == ("text_prompts=initial", "vision_prompts=off",
+                            "vision_prompts=random", "deep=off")
+    assert available(build_method("vpt", tiny_clip, NAMES, TEMPLATE)) == \
+        ("vision_prompts=off", "vision_prompts=random", "deep=off")
+    with torch.no_grad():
+        trained = m(images)
+        with intervene(m, "vision_prompts=off"):       # the image side is frozen CLIP's
+            f = F.normalize(tiny_clip.encode_image(images), dim=-1)
+            assert torch.allclose(m(images), tiny_clip.logit_scale * f @ m.text_features().t(),
+                                  atol=1e-4)
+        with intervene(m, "deep=off"):                 # = block 0's prompts only, both towers
+            want = _image_by_hand(tiny_clip, images, m.visual_prompt, [])
+            assert torch.allclose(m.encode_image_prompted(images), want, atol=1e-5)
+            want = _text_by_hand(tiny_clip, m.prompt.ctx, [])
+            assert torch.allclose(m.encode_text(), want, atol=1e-5)
+        with intervene(m, "vision_prompts=random", seed=3):
+            shallow, deep = m.vision_prompts()
+            assert torch.allclose(shallow.norm(dim=-1), m.visual_prompt.norm(dim=-1))
+            assert not torch.allclose(shallow, m.visual_prompt)
+            first = m(images)
+        with intervene(m, "vision_prompts=random", seed=3):
+            assert torch.equal(m(images), first)       # the seed decides the draw
+        torch.manual_seed(0)
+        fresh = build_method("ivlp", tiny_clip, NAMES, TEMPLATE)   # the seed-0 start
+        with intervene(m, "text_prompts=initial", seed=0):
+            assert torch.equal(m.prompt.ctx, fresh.prompt.ctx)
+            assert all(torch.equal(a, b) for a, b in zip(m.text_deep, fresh.text_deep))
+        assert torch.equal(m(images), trained)         # every intervention undone
+
+
+def test_maple_text_reset_moves_the_image_side_ivlp_does_not(tiny_clip):
+    """The coupling seen through an intervention: resetting MaPLe's text prompts changes its
+    image features; IVLP's image features do not depend on its text prompts."""
+    from promptviz.analysis.interventions import intervene
+    images = _images(tiny_clip)
+    for name, moves in (("maple", True), ("ivlp", False)):
+        m = build_method(name, tiny_clip, NAMES, TEMPLATE)
+        _perturb(m, 0.3)
+        with torch.no_grad():
+            before = m.encode_image_prompted(images)
+            with intervene(m, "text_prompts=initial"):
+                after = m.encode_image_prompted(images)
+        assert (not torch.allclose(before, after, atol=1e-5)) is moves, name
+
+
+def test_prompt_shift_is_per_block_and_per_tower(tiny_clip):
+    from promptviz.analysis.interventions import prompt_shift
+    a = build_method("maple", tiny_clip, NAMES, TEMPLATE)
+    b = build_method("maple", tiny_clip, NAMES, TEMPLATE)
+    b.load_trainable_state(a.trainable_state())
+    assert prompt_shift(a, b) == {"text": [0.0, 0.0], "vision": [0.0, 0.0]}
+    with torch.no_grad():
+        a.text_deep[0].mul_(3.0)                # block 1's text prompt, and through F_1 its
+    shift = prompt_shift(a, b)                  # visual prompt; block 0 untouched
+    assert shift["text"][0] == 0.0 and shift["text"][1] == pytest.approx(2.0, rel=1e-5)
+    assert shift["vision"][0] == 0.0 and shift["vision"][1] > 0
+    v = build_method("vpt", tiny_clip, NAMES, TEMPLATE)
+    assert set(prompt_shift(v, v)) == {"vision"}

@@ -28,6 +28,16 @@ residual ensemble with frozen CLIP):
   through the blocks as they are, in both towers (or one);
 * ``ensemble=off`` — ``f̂ = f`` and ``t̂ = t``, the prompted features alone.
 
+Deep prompts (IVLP, VPT, MaPLe, PromptSRC: prompts in the first J blocks of a tower):
+
+* ``vision_prompts=off`` — the image tower runs without prompts (frozen CLIP's image side);
+* ``vision_prompts=random`` — every visual prompt token replaced by a random direction of
+  the same norm (the control: do *these* tokens matter, or any extra tokens?);
+* ``deep=off`` — only block 0's prompts: no replacement before blocks 1…J−1, in both towers;
+* ``text_prompts=initial`` — the text prompts put back to where training started (the init
+  phrase's words, fresh N(0, 0.02) draws of the seed for the deep ones). In MaPLe the
+  visual prompts are made from them, so both towers change: the coupling at work.
+
 Any method, on the backbone's named hook points (:meth:`Backbone.hooks`):
 ``<tower>.<layer>.<point>=zero`` (e.g. ``vis.11.attn_out=zero``, ``txt.*.mlp_out=zero``)
 — what that part of a block adds to the residual stream (``attn_out``, ``mlp_out``) or the
@@ -63,6 +73,9 @@ from promptviz.precision import autocast_for
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
+DEEP_PROMPTS = ("ivlp", "vpt", "maple", "promptsrc")
+TEXT_PROMPTS = ("text_prompts=initial",)
+VISION_PROMPTS = ("vision_prompts=off", "vision_prompts=random")
 SEP = ("selection=random", "selection=cls_attention", "selection=lowest", "tfm=raw",
        "tfm=raw_text", "tfm=raw_vision", "ensemble=off")
 
@@ -83,6 +96,9 @@ def available(method: Method) -> tuple[str, ...]:
         return CONTEXT
     if method.name == "sep":
         return SEP
+    if method.name in DEEP_PROMPTS:
+        return ((TEXT_PROMPTS if method.n_text else ()) + (VISION_PROMPTS if method.n_vision
+                                                            else ()) + ("deep=off",))
     return ()
 
 
@@ -144,6 +160,29 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
             ensemble = method.options.ensemble
             method.options.ensemble = False
             restore.append(lambda: setattr(method.options, "ensemble", ensemble))
+        elif name == "vision_prompts=off":
+            override("encode_image_prompted", method.backbone.encode_image)
+        elif name == "vision_prompts=random":
+            gen = torch.Generator().manual_seed(seed)
+
+            def like(p: torch.Tensor) -> torch.Tensor:   # random directions, the same norms
+                r = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+                return F.normalize(r, dim=-1) * p.detach().norm(dim=-1, keepdim=True)
+            shallow, deep = method.vision_prompts()
+            fixed = (like(shallow), [like(p) for p in deep])
+            override("vision_prompts", lambda: fixed)
+        elif name == "deep=off":
+            text, vision = method.text_prompts, method.vision_prompts
+            override("text_prompts", lambda: (text()[0], []))
+            override("vision_prompts", lambda: (vision()[0], []))
+        elif name == "text_prompts=initial":
+            fresh = fresh_copy(method, seed)
+            parts = (method.prompt.ctx, *method.text_deep)
+            trained = [p.detach().clone() for p in parts]
+            restore.append(lambda: [p.data.copy_(v) for p, v in zip(parts, trained)])
+            with torch.no_grad():
+                for part, start in zip(parts, (fresh.prompt.ctx, *fresh.text_deep)):
+                    part.copy_(start.to(part.device))
         elif name == "context=initial":
             prompt = (method.base if method.name == "textrefiner" else method).prompt
             ctx = prompt.ctx.detach().clone()
@@ -173,14 +212,36 @@ def _scores(method: Method, rule: str, seed: int) -> Any:
     return scores
 
 
+def fresh_copy(method: Method, seed: int = 0) -> Method:
+    """``method`` as training started: built again with the same options and classes, its
+    random draws from ``seed`` (the global generator is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_method(method.name, method.backbone, method.classnames,
+                            method.template, dataclasses.asdict(method.options))
+
+
+def prompt_shift(trained: Method, start: Method) -> dict[str, list[float]]:
+    """How far training moved a deep-prompt method's prompts, per prompted block and tower:
+    ``‖P_trained − P_start‖ / ‖P_start‖`` (``start``: the same method as training began,
+    e.g. the checkpoint of the same run with ``--epochs 0``). MaPLe's visual prompts are
+    compared as made by the couplings, ``F_l(P_l)``."""
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for tower, get in (("text", "text_prompts"), ("vision", "vision_prompts")):
+            (a0, a), (b0, b) = getattr(trained, get)(), getattr(start, get)()
+            if a0 is None:
+                continue
+            out[tower] = [float((p - q.to(p.device)).norm() / q.norm())
+                          for p, q in zip([a0, *a], [b0, *b])]
+    return out
+
+
 def initial_context(method: Method, seed: int = 0) -> torch.Tensor:
     """The context a CoOp-style prompt started from: a freshly built method with the same
     options (``ctx_init``'s embedding, or a random draw under ``seed``)."""
     prompted = method.base if method.name == "textrefiner" else method
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = build_method(prompted.name, prompted.backbone, prompted.classnames,
-                             prompted.template, dataclasses.asdict(prompted.options))
+    fresh = fresh_copy(prompted, seed)
     return fresh.prompt.ctx.detach().to(prompted.prompt.ctx.device)
 
 

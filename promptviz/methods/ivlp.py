@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from promptviz.backbone import Backbone, Hook
+from promptviz.backbone import ActivationCache, Backbone, Hook
 from promptviz.errors import PromptvizError
 from promptviz.methods.base import Method, TrainDefaults, zero_shot_text_features
 from promptviz.methods.coop import PromptLearner
@@ -148,18 +148,21 @@ class IVLP(Method):
         ``1 … J_v − 1`` (``None, []``: the image tower is not prompted)."""
         return (self.visual_prompt, list(self.vision_deep)) if self.n_vision else (None, [])
 
-    def encode_text(self) -> Tensor:
-        """Prompted text features ``t`` (not normalised), ``[C, d]``."""
+    def encode_text(self, cache: ActivationCache | None = None) -> Tensor:
+        """Prompted text features ``t`` (not normalised), ``[C, d]``; ``cache`` records the
+        tokens entering every block (after the prompts were put in)."""
         _, deep = self.text_prompts()
         return self.backbone.encode_text_embeddings(
-            self.prompt(), self.prompt.ids, hook=deep_prompt_hook(deep, "txt", self.n_text))
+            self.prompt(), self.prompt.ids, hook=deep_prompt_hook(deep, "txt", self.n_text),
+            cache=cache)
 
-    def encode_image_prompted(self, images: Tensor) -> Tensor:
+    def encode_image_prompted(self, images: Tensor, cache: ActivationCache | None = None
+                              ) -> Tensor:
         """Prompted image features ``f`` (not normalised), ``[B, d]``."""
         shallow, deep = self.vision_prompts()
         if shallow is None:
-            return self.backbone.encode_image(images)
-        return self.backbone.encode_image(images, extra_tokens=shallow,
+            return self.backbone.encode_image(images, cache=cache)
+        return self.backbone.encode_image(images, extra_tokens=shallow, cache=cache,
                                           hook=deep_prompt_hook(deep, "vis", self.n_vision))
 
     def text_features(self) -> Tensor:

@@ -25,6 +25,7 @@ from browserkit import Offline, OfflinePage, assert_painted
 import promptviz.viz
 from promptviz.data.toyworld import sample_batch
 from promptviz.viz import (
+    deep,
     embeddings,
     patches,
     pipeline,
@@ -77,6 +78,8 @@ def figures() -> dict[str, go.Figure]:
                                          [list(t) for t in d["topk"]], cols=2,
                                          title="patch grid"),
         "accuracy_bars": results.accuracy_bars(ROWS, label="label"),
+        "prompt_shift": deep.prompt_shift({"MaPLe text": [0.2, 1.1], "MaPLe vision": [0.4, 0.9]}),
+        "epoch_weights": deep.epoch_weights([0.0, 0.1, 0.8, 0.1]),
         "learning_curves": results.learning_curves(
             {"CoOp": [{"epoch": e, "loss": 2 / e, "train_acc": 50 + 4 * e} for e in (1, 2, 3)],
              "SEP": [{"epoch": e, "loss": 1.5 / e, "train_acc": 60 + 3 * e, "val_acc": 55 + e}

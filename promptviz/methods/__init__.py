@@ -8,6 +8,7 @@ from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods.base import Method, TrainDefaults, parse_options
 from promptviz.methods.clip_adapter import CLIPAdapter
+from promptviz.methods.clip_lora import CLIPLoRA
 from promptviz.methods.cocoop import CoCoOp
 from promptviz.methods.coop import CoOp, nearest_words
 from promptviz.methods.kgcoop import KgCoOp
@@ -16,7 +17,7 @@ from promptviz.methods.textrefiner import TextRefiner
 from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter)}
+    m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter, CLIPLoRA)}
 
 
 def method_class(name: str) -> type[Method]:

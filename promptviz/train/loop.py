@@ -485,7 +485,7 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
-    cfg = budget_epochs(cfg, requested, len(train_set), ds.name)   # CLIP-LoRA: 500 × shots
+    cfg = budget_epochs(cfg, requested, len(train_set.train), ds.name)  # CLIP-LoRA: 500·K
     if cfg.select == "best_val" and requested.select is None and not train_set.val:
         print(f"note: {ds.name} has no validation images, so {cfg.method} keeps its last "
               "epoch instead of its default best_val")

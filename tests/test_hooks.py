@@ -116,8 +116,14 @@ def test_projection_deltas_run_the_attention_from_its_weights(clip):
     assert not torch.allclose(shifted, image0, atol=1e-4)
     assert torch.allclose(cache["vis.0.attn_out"], plain["vis.0.attn_out"], atol=1e-5)
     assert not torch.allclose(cache["vis.1.attn_out"], plain["vis.1.attn_out"], atol=1e-3)
-    # v moves the output, not the pattern; the pattern is still recorded from the deltas' path
+    # v moves the output, not the pattern; q moves the pattern, recorded from the deltas' path
     assert torch.allclose(cache["vis.1.attn_pattern"], plain["vis.1.attn_pattern"], atol=1e-5)
+    turned = ActivationCache(points=["vis.1.attn_pattern"])
+    with torch.no_grad(), clip.deltas({"vis.1.q": lambda x: 3 * x}):
+        clip.encode_image(images, cache=turned)
+    pattern = turned["vis.1.attn_pattern"]
+    assert not torch.allclose(pattern, plain["vis.1.attn_pattern"], atol=1e-3)
+    assert torch.allclose(pattern.sum(-1), torch.ones(pattern.shape[:-1]), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vis.99.q", "vis.0.w", "txt.q", "img.0.q", "vis.0.q.x"])

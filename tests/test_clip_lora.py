@@ -77,6 +77,18 @@ def test_the_step_budget_becomes_whole_epochs():
     assert (coop.resolved().weight_decay, coop.resolved().warmup_epochs) == (5e-4, 1)
 
 
+def test_earlier_commands_keep_their_request_keys():
+    """weight_decay and warmup_epochs were global settings (5e-4, 1) before they became the
+    method's defaults: left unset they key a request as those values did, so the run folders
+    of earlier commands still belong to the same command (checked against 1aae63c's code:
+    the keys of earlier commands are unchanged)."""
+    from promptviz.train.loop import request_key
+    unset = TrainConfig(method="coop", dataset="dtd", shots=4)
+    assert request_key(unset) == request_key(dataclasses.replace(unset, weight_decay=5e-4,
+                                                                 warmup_epochs=1))
+    assert request_key(unset) != request_key(dataclasses.replace(unset, weight_decay=1e-2))
+
+
 def test_adamw_is_decoupled_weight_decay():
     cfg = TrainConfig(method="clip_lora").resolved()
     p = torch.nn.Parameter(torch.ones(3))

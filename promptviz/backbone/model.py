@@ -413,7 +413,7 @@ class Backbone(nn.Module):
             return out
 
         q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = add("q", h, q), add("k", h, k), add("v", h, v)
+        q, k, v = add("q", h, q), add("k", h, k), add("v", h, v)      # h = W0 x + ΔW x (LoRA)
         q, k, v = (t.reshape(n_batch, n_tok, heads, width // heads).transpose(1, 2)
                    for t in (q, k, v))                                   # [B, H, N, D/H]
         mask = attn_mask.to(q.dtype) if attn_mask is not None else None

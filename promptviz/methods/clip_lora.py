@@ -124,7 +124,8 @@ class LoRA(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.gamma * F.linear(F.linear(self.dropout(x), self.A), self.B)  # γ·B A x
+        # ΔW x of h = W0 x + ΔW x = W0 x + γ·B A x (the backbone adds W0 x), dropout on x
+        return self.gamma * F.linear(F.linear(self.dropout(x), self.A), self.B)
 
     def delta_weight(self) -> Tensor:
         """``ΔW = γ·B A`` ``[d_out, d_in]`` (what merging into ``W0`` would add)."""

@@ -26,9 +26,9 @@ PROTOCOLS = ("base2new", "fewshot")
 STUDY_PROTOCOLS = (*PROTOCOLS, "crossdataset", "dg")   # compare: + train on one, test on others
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("last", "best_val")          # the final model: last epoch | best on validation
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep", "ivlp", "vpt",
-                 "maple", "promptsrc")
+                 "maple", "promptsrc", "clip_lora")
 TOYWORLD_ROOT = "data/toyworld"
 BACKBONE_HELP = "toyclip, NAME:TAG (open_clip) or a weight file"
 DEVICE_HELP = "cpu | cuda | cuda:N"
@@ -57,7 +57,8 @@ class TrainConfig:
     """``promptviz train``: one method on one dataset, one protocol, shots and seed."""
 
     method: str = setting("coop", "zeroshot | coop | cocoop | kgcoop | textrefiner | sep | "
-                          "clip_adapter | ivlp | vpt | maple | promptsrc", required=True)
+                          "clip_adapter | ivlp | vpt | maple | promptsrc | clip_lora",
+                          required=True)
     backbone: str = setting("toyclip", "toyclip, NAME:TAG (open_clip, e.g. ViT-B-16:openai) "
                             "or a weight file")
     dataset: str = setting("toy_fine", "CoOp folder name (dtd, oxford_pets, …), a card folder "
@@ -74,14 +75,18 @@ class TrainConfig:
                                  "schedule)")
     batch_size: int | None = setting(None, "default: the method's")
     lr: float | None = setting(None, "default: the method's")
-    optimizer: str | None = setting(None, "default: the method's", choices=OPTIMIZERS)
+    optimizer: str | None = setting(None, "default: the method's (sgd; adam: Adam, adamw: "
+                                    "AdamW, decoupled weight decay, betas 0.9/0.999)",
+                                    choices=OPTIMIZERS)
     select: str | None = setting(None, "final model: the last epoch or the best on validation "
                                  "(default: the method's; best_val for textrefiner, as its "
                                  "authors' config)", choices=SELECTIONS)
-    weight_decay: float = setting(5e-4, "SGD/Adam weight decay (Dassl's OPTIM value)")
+    weight_decay: float | None = setting(None, "weight decay (default: the method's; Dassl's "
+                                         "OPTIM 5e-4, clip_lora's AdamW 1e-2)")
     momentum: float = setting(0.9, "SGD momentum (Dassl's OPTIM value)")
-    warmup_epochs: int = setting(1, "epochs at the constant --warmup-lr before the cosine "
-                                 "(Dassl's WARMUP_EPOCH)")
+    warmup_epochs: int | None = setting(None, "epochs at the constant --warmup-lr before the "
+                                        "cosine (default: the method's; Dassl's WARMUP_EPOCH "
+                                        "1, clip_lora 0)")
     warmup_lr: float = setting(1e-5, "the warm-up's constant learning rate (Dassl's "
                                "WARMUP_CONS_LR)")
     device: str = setting("cpu", "cpu | cuda | cuda:N")
@@ -111,7 +116,8 @@ class TrainConfig:
         from promptviz.methods import method_class  # torch: only when a run starts
         d = method_class(self.method).defaults.for_dataset(dataset, self.protocol)
         mine = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "optimizer",
-                                              "select", "eval_batch_size")}
+                                              "select", "eval_batch_size", "weight_decay",
+                                              "warmup_epochs")}
         return dataclasses.replace(
             self, **{k: getattr(d, k) if v is None else v for k, v in mine.items()})
 
@@ -133,7 +139,10 @@ class TrainConfig:
                        "process)")
         if self.cache_views < 1:
             bad.append(f"--cache-views {self.cache_views} (use 1 or more)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            bad.append(f"--warmup-epochs {self.warmup_epochs} (use 0 or more)")
+        if self.weight_decay is not None and \
+                not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             bad.append(f"weight_decay {self.weight_decay} (use a finite number, 0 or more)")
         if self.protocol not in PROTOCOLS:
             bad.append(f"--protocol {self.protocol} (use one of {', '.join(PROTOCOLS)})")

@@ -82,6 +82,57 @@ def test_unknown_or_read_only_points_are_refused(clip, name):
             pass
 
 
+# ------------------------------------------------------------- projection deltas (LoRA)
+def _zero_delta(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+def test_projection_deltas_run_the_attention_from_its_weights(clip):
+    """A zero delta on every projection of every block sends both towers through the
+    attention computed from the weights (``Backbone._attention``): open_clip's features up
+    to rounding, in fp32 and under bf16 autocast; a non-zero delta acts on the block named
+    only, its attention pattern is the adapted one, and all of it is undone after."""
+    images, ids = _images(clip), clip.tokenize(["a photo of a cat.", "a red square."])
+    every = {f"{t}.{layer}.{p}": _zero_delta for t, n in (("vis", clip.info.vision_layers),
+                                                          ("txt", clip.info.text_layers))
+             for layer in range(n) for p in "qkvo"}
+    with torch.no_grad():
+        image0, text0 = clip.model.encode_image(images), clip.model.encode_text(ids)
+        with clip.deltas(every):
+            assert torch.allclose(clip.encode_image(images), image0, atol=1e-5, rtol=0)
+            assert torch.allclose(clip.encode_text(ids), text0, atol=1e-5, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16), clip.deltas(every):
+            image_bf16 = clip.encode_image(images)
+        assert image_bf16.dtype == torch.bfloat16
+        assert torch.allclose(image_bf16.float(), image0, atol=0.1, rtol=0.05)
+        shift = {"vis.1.v": lambda x: torch.ones(*x.shape[:-1], clip.vision_width)}
+        cache = ActivationCache(points=["vis.*.attn_out", "vis.*.attn_pattern"])
+        with clip.hooks({}), clip.deltas(shift):
+            shifted = clip.encode_image(images, cache=cache)
+        plain = ActivationCache(points=["vis.*.attn_out", "vis.*.attn_pattern"])
+        clip.encode_image(images, cache=plain)
+        assert torch.equal(clip.encode_image(images), clip.model.encode_image(images))
+    assert clip._deltas == {}                                             # undone
+    assert not torch.allclose(shifted, image0, atol=1e-4)
+    assert torch.allclose(cache["vis.0.attn_out"], plain["vis.0.attn_out"], atol=1e-5)
+    assert not torch.allclose(cache["vis.1.attn_out"], plain["vis.1.attn_out"], atol=1e-3)
+    # v moves the output, not the pattern; q moves the pattern, recorded from the deltas' path
+    assert torch.allclose(cache["vis.1.attn_pattern"], plain["vis.1.attn_pattern"], atol=1e-5)
+    turned = ActivationCache(points=["vis.1.attn_pattern"])
+    with torch.no_grad(), clip.deltas({"vis.1.q": lambda x: 3 * x}):
+        clip.encode_image(images, cache=turned)
+    pattern = turned["vis.1.attn_pattern"]
+    assert not torch.allclose(pattern, plain["vis.1.attn_pattern"], atol=1e-3)
+    assert torch.allclose(pattern.sum(-1), torch.ones(pattern.shape[:-1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vis.99.q", "vis.0.w", "txt.q", "img.0.q", "vis.0.q.x"])
+def test_unknown_projections_are_refused(clip, name):
+    with pytest.raises(PromptvizError, match="e.g. 'vis.3.q'"):
+        with clip.deltas({name: _zero_delta}):
+            pass
+
+
 # ------------------------------------------------------- interventions on hook points
 def test_hook_point_ablation_as_an_intervention(tiny_clip, tiny_root):
     """``intervene(m, "vis.L.attn_out=zero")`` ablates through the backbone's hook points,

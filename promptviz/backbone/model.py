@@ -18,7 +18,12 @@ mode) plus three things open_clip does not offer directly:
   writes) and ``.attn_pattern`` (head-averaged attention, recorded only), ``tower`` being
   ``vis`` or ``txt``. ``ActivationCache(points=["vis.11.attn_out", "txt.*.mlp_out"])``
   records them by name (glob patterns allowed) and ``with backbone.hooks({"vis.3.mlp_out":
-  fn}):`` edits them (``fn(x)`` returns the replacement, or ``None`` to keep ``x``).
+  fn}):`` edits them (``fn(x)`` returns the replacement, or ``None`` to keep ``x``);
+* **projection deltas** (what LoRA trains): ``with backbone.deltas({"vis.3.q": fn}):`` adds
+  ``fn(x)`` to the query (``q``), key (``k``), value (``v``) or output (``o``) projection of
+  a block's attention, ``x`` being that projection's input. The weights are never touched:
+  the delta lives for the ``with`` block only, so other methods on the same backbone still
+  see the pre-trained towers.
 
 The blocks themselves are open_clip's own modules, called in order; nothing is
 forked. With no prompt, hook or extra token, the outputs equal open_clip's
@@ -31,6 +36,7 @@ is :mod:`promptviz.backbone.weights`'s job.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,11 +52,14 @@ from promptviz.errors import PromptvizError
 
 Hook = Callable[[int, Tensor], Tensor]
 Edit = Callable[[Tensor], "Tensor | None"]          # a named hook point's edit
+Delta = Callable[[Tensor], Tensor]                  # added to a projection of its input
 # Named hook points of every block (``<vis|txt>.<layer>.<point>``); all but attn_pattern
 # can be edited. attn_out / mlp_out are what the block adds to the residual stream, after
 # open_clip's LayerScale, so resid_post = resid_pre + attn_out + mlp_out.
 POINTS = ("resid_pre", "attn_pattern", "attn_out", "mlp_out", "resid_post")
 EDITABLE = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+# The attention projections a delta can be added to (``<vis|txt>.<layer>.<q|k|v|o>``).
+PROJECTIONS = ("q", "k", "v", "o")
 
 
 class ActivationCache(dict):
@@ -119,6 +128,7 @@ class Backbone(nn.Module):
                                                               context_length=model.context_length)
         self.mean, self.std = image_stats(model.visual)
         self._edits: dict[str, Edit] = {}     # named hook points edited now (see hooks())
+        self._deltas: dict[str, list[Delta]] = {}   # projection deltas now (see deltas())
 
     # ------------------------------------------------------------------ facts
     @property
@@ -274,6 +284,35 @@ class Backbone(nn.Module):
         finally:
             self._edits = previous
 
+    @contextmanager
+    def deltas(self, deltas: Mapping[str, Delta]) -> Iterator[Backbone]:
+        """Add ``fn(x)`` to attention projections while the block runs: ``{"vis.3.q": fn}``
+        (``<vis|txt>.<layer>.<q|k|v|o>``; ``x`` is the projection's input, batch first,
+        and ``fn(x)`` must have the projection's output shape). A block with a delta runs
+        its attention from its own weights part by part (:meth:`_attention`); nested uses
+        add up, and each is undone when its block ends, even on an error. This is LoRA's
+        ``h = W0 x + ΔW x`` without writing ``W0 + ΔW`` into the frozen, shared weights."""
+        info = self.info
+        depth = {"vis": info.vision_layers, "txt": info.text_layers}
+        for name in deltas:
+            tower, layer, proj = (name.split(".") + ["", "", ""])[:3]
+            if tower not in depth or not layer.isdigit() or int(layer) >= depth[tower] \
+                    or proj not in PROJECTIONS or name.count(".") != 2:
+                raise PromptvizError(
+                    f"no attention projection {name!r}: names are <vis|txt>.<layer>.<proj> "
+                    f"with proj one of {', '.join(PROJECTIONS)}, layers "
+                    f"0-{info.vision_layers - 1} (vis) and 0-{info.text_layers - 1} (txt), "
+                    "e.g. 'vis.3.q'")
+        previous = self._deltas
+        merged = {k: list(v) for k, v in previous.items()}
+        for name, fn in deltas.items():
+            merged.setdefault(name, []).append(fn)
+        self._deltas = merged
+        try:
+            yield self
+        finally:
+            self._deltas = previous
+
     def _point(self, name: str, x: Tensor, cache: ActivationCache | None) -> Tensor:
         """A named hook point: its edit (if any) applied, then recorded (if asked)."""
         for pattern, fn in self._edits.items():
@@ -286,15 +325,19 @@ class Backbone(nn.Module):
 
     def _by_parts(self, name: str, cache: ActivationCache | None) -> bool:
         """Whether a block must run part by part: its attn_out or mlp_out is edited or
-        recorded (otherwise open_clip's own forward runs, unchanged)."""
+        recorded, or a projection of its attention has a delta (otherwise open_clip's own
+        forward runs, unchanged)."""
         parts = (f"{name}.attn_out", f"{name}.mlp_out")
+        if any(f"{name}.{p}" in self._deltas for p in PROJECTIONS):
+            return True
         edited = any(fnmatch.fnmatchcase(p, e) for p in parts for e in self._edits)
         return edited or (cache is not None and any(cache.wants(p) for p in parts))
 
     def _blocks(self, transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
                 hook: Hook | None, cache: ActivationCache | None, tower: str) -> Tensor:
         batch_first = getattr(transformer, "batch_first", True)
-        named = bool(self._edits) or (cache is not None and bool(cache.points))
+        named = bool(self._edits) or bool(self._deltas) or \
+            (cache is not None and bool(cache.points))
         for layer, block in enumerate(transformer.resblocks):
             if hook is not None:
                 x = hook(layer, x)
@@ -306,7 +349,10 @@ class Backbone(nn.Module):
                     cache[f"{tower}_resid", layer] = x
                 if (tower == "vis" and layer in cache.attn_layers) or \
                         (cache.points and cache.wants(f"{name}.attn_pattern")):
-                    pattern = self._attention_weights(block, x, attn_mask)
+                    if self._has_deltas(name):      # the adapted attention's pattern
+                        pattern = self._attention(block, x, attn_mask, name, True)[1]
+                    else:
+                        pattern = self._attention_weights(block, x, attn_mask)
                     if tower == "vis" and layer in cache.attn_layers:
                         cache["vis_attn", layer] = pattern
                     if cache.points and cache.wants(f"{name}.attn_pattern"):
@@ -330,11 +376,58 @@ class Backbone(nn.Module):
             raise PromptvizError(
                 f"the hook points attn_out / mlp_out need open_clip's ResidualAttentionBlock; "
                 f"this backbone has {type(block).__name__}")
-        h = block.ln_1(x if batch_first else x.transpose(0, 1))
-        a = block.ls_1(block.attention(q_x=h, attn_mask=attn_mask))
+        if self._has_deltas(name):       # LoRA & co.: the attention from its weights + deltas
+            a = block.ls_1(self._attention(block, x, attn_mask, name)[0])
+            a = a if batch_first else a.transpose(0, 1)
+        else:
+            h = block.ln_1(x if batch_first else x.transpose(0, 1))
+            a = block.ls_1(block.attention(q_x=h, attn_mask=attn_mask))
         x = x + self._point(f"{name}.attn_out", a if batch_first else a.transpose(0, 1), cache)
         m = block.ls_2(block.mlp(block.ln_2(x)))
         return x + self._point(f"{name}.mlp_out", m, cache)
+
+    def _has_deltas(self, name: str) -> bool:
+        return any(f"{name}.{p}" in self._deltas for p in PROJECTIONS)
+
+    def _attention(self, block: nn.Module, x: Tensor, attn_mask: Tensor | None, name: str,
+                   need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``block``'s attention on its input ``x`` ``[B, N, D]`` (batch first) computed from
+        its ``nn.MultiheadAttention``'s own weights, with the deltas of block ``name`` added
+        to the projections: ``q = W_q h + b_q + Σ fn(h)`` (``h = ln_1(x)``), the same for
+        ``k`` and ``v``, ``o = W_o a + b_o + Σ fn(a)`` for the heads' output ``a``. Returns the
+        output ``[B, N, D]`` (before LayerScale) and, if asked, the head-averaged attention
+        ``[B, N, N]``. Equals the module's forward up to rounding (tested)."""
+        attn = block.attn
+        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+            raise PromptvizError(
+                f"projection deltas need nn.MultiheadAttention blocks with one packed "
+                f"in_proj_weight, this backbone has {type(attn).__name__}; use a standard CLIP "
+                "ViT such as ViT-B-16")
+        h = block.ln_1(x)
+        n_batch, n_tok, width = h.shape
+        heads = attn.num_heads
+
+        def add(proj: str, inp: Tensor, out: Tensor) -> Tensor:
+            for fn in self._deltas.get(f"{name}.{proj}", ()):
+                out = out + fn(inp).to(out.dtype)
+            return out
+
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = add("q", h, q), add("k", h, k), add("v", h, v)      # h = W0 x + ΔW x (LoRA)
+        q, k, v = (t.reshape(n_batch, n_tok, heads, width // heads).transpose(1, 2)
+                   for t in (q, k, v))                                   # [B, H, N, D/H]
+        mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(width // heads)
+            weights = (scores + mask if mask is not None else scores).softmax(-1)
+            a = weights @ v
+            weights = weights.mean(1)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = a.transpose(1, 2).reshape(n_batch, n_tok, width)
+        out = F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
+        return add("o", a, out), weights
 
     @staticmethod
     def _attention_weights(block: nn.Module, x: Tensor, attn_mask: Tensor | None = None

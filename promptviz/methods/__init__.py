@@ -8,6 +8,7 @@ from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods.base import Method, TrainDefaults, parse_options
 from promptviz.methods.clip_adapter import CLIPAdapter
+from promptviz.methods.clip_lora import CLIPLoRA
 from promptviz.methods.cocoop import CoCoOp
 from promptviz.methods.coop import CoOp, nearest_words
 from promptviz.methods.ivlp import IVLP
@@ -21,7 +22,7 @@ from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter, IVLP,
-                         VPT, MaPLe, PromptSRC)}
+                         VPT, MaPLe, PromptSRC, CLIPLoRA)}
 
 
 def method_class(name: str) -> type[Method]:
@@ -39,5 +40,5 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], template:
 
 
 __all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "method_class",
-           "nearest_words", "CLIPAdapter", "CoOp", "CoCoOp", "IVLP", "KgCoOp", "MaPLe",
-           "PromptSRC", "SEP", "TextRefiner", "VPT", "ZeroShot"]
+           "nearest_words", "CLIPAdapter", "CLIPLoRA", "CoOp", "CoCoOp", "IVLP", "KgCoOp",
+           "MaPLe", "PromptSRC", "SEP", "TextRefiner", "VPT", "ZeroShot"]

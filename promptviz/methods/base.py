@@ -50,6 +50,12 @@ class TrainDefaults:
     optimizer: str = "sgd"
     batch_size: int = 32
     adam_eps: float = 1e-8
+    weight_decay: float = 5e-4          # Dassl's OPTIM.WEIGHT_DECAY
+    warmup_epochs: int = 1              # Dassl's WARMUP_EPOCH (at WARMUP_CONS_LR 1e-5)
+    iterations_per_shot: int = 0        # > 0: the authors count optimiser steps, this many
+                                        # per shot (CLIP-LoRA: 500 × K); training turns them
+                                        # into whole epochs of the training set (unless
+                                        # --epochs is given); 0: ``epochs`` as it stands
     select: str = "last"                # final model: "last" epoch | "best_val" (Dassl)
     eval_batch_size: int = 128          # test batch; part of the method where predictions
                                         # depend on batch-mates (SEP's faithful mode)

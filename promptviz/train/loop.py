@@ -93,10 +93,27 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
+    if cfg.optimizer in ("adam", "adamw"):    # AdamW: decay decoupled from the gradient
         eps = method_class(cfg.method).defaults.adam_eps
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=eps)
-    raise PromptvizError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
+        adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=eps,
+                    betas=(0.9, 0.999))
+    raise PromptvizError(f"unknown optimizer {cfg.optimizer!r}; use sgd, adam or adamw")
+
+
+def budget_epochs(cfg: TrainConfig, requested: TrainConfig, n_images: int,
+                  dataset: str | None = None) -> TrainConfig:
+    """``cfg`` with the method's step budget as epochs: a method whose authors count
+    optimiser steps (``TrainDefaults.iterations_per_shot``; CLIP-LoRA: 500 × shots) trains
+    ``ceil(steps / steps per epoch)`` whole epochs of its ``n_images`` training images, unless
+    ``requested`` (the config as given) sets ``--epochs``."""
+    per_shot = method_class(cfg.method).defaults.for_dataset(dataset, cfg.protocol) \
+        .iterations_per_shot
+    if requested.epochs is not None or per_shot <= 0:
+        return cfg
+    steps = per_shot * cfg.shots
+    per_epoch = max(optimizer_steps(n_images, cfg.batch_size), 1)
+    return dataclasses.replace(cfg, epochs=math.ceil(steps / per_epoch))
 
 
 def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, Dataset]]:
@@ -389,6 +406,9 @@ def finished_run(cfg: TrainConfig, weights: str) -> dict[str, Any] | None:
 _NOT_IN_REQUEST = (*_NOT_IN_KEY, "num_workers", "data_root")
 
 
+_FORMER_GLOBALS = {"weight_decay": 5e-4, "warmup_epochs": 1}
+
+
 def request_key(cfg: TrainConfig) -> str:
     """What was asked for, as a short hash: the config as given (``None`` for a method's
     default, so that the same command is the same request after a default changes) less
@@ -396,6 +416,10 @@ def request_key(cfg: TrainConfig) -> str:
     that carry another request key belong to another run, which :func:`run` does not
     overwrite unless told to."""
     facts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_REQUEST}
+    # settings that were global before they became per-method defaults: unset, they enter
+    # the key as their old global value, so earlier commands keep their request keys
+    for k, old in _FORMER_GLOBALS.items():
+        facts[k] = old if facts[k] is None else facts[k]
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -465,6 +489,7 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
     if cfg.augment is None:
         cfg = dataclasses.replace(cfg, augment=ds.augment)
     train_set, eval_sets = protocol_splits(ds, cfg)
+    cfg = budget_epochs(cfg, requested, len(train_set.train), ds.name)  # CLIP-LoRA: 500·K
     if cfg.select == "best_val" and requested.select is None and not train_set.val:
         print(f"note: {ds.name} has no validation images, so {cfg.method} keeps its last "
               "epoch instead of its default best_val")

@@ -108,6 +108,8 @@ def add_fields(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) 
             kw["choices"] = meta["choices"]
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
+        if meta.get("const") is not None:          # the value may be left out: --flag
+            kw.update(nargs="?", const=meta["const"])
         if meta.get("required"):
             kw["required"] = True
             del kw["default"]
@@ -207,23 +209,33 @@ def cmd_toyworld_card(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from promptviz.tools.compare import compare
-    from promptviz.tools.demo import format_table
+    from promptviz.tools.compare import StudyFailed, compare
     options: dict[str, dict[str, str]] = {}
     for key, value in _parse_sets(a.set).items():
         method, dot, name = key.partition(".")
         if not dot:
             raise PromptvizError(f"--set {key}={value}: name the method, e.g. --set coop.n_ctx=16")
         options.setdefault(method, {})[name] = value
-    table = compare(config_from(a, CompareConfig, options=options, progress=not a.quiet))
+    try:
+        table = compare(config_from(a, CompareConfig, options=options, progress=not a.quiet))
+    except StudyFailed as failed:          # the finished runs' table, then the error
+        _print_study([r for r in failed.table if r.get("status") != "failed"], a)
+        raise
+    _print_study(table, a)
+    print(f"wrote {a.out}/table.csv, table.json and report.html")
+    return 0
+
+
+def _print_study(table: list[dict], a: argparse.Namespace) -> None:
+    from promptviz.tools.demo import format_table
+    if not table:
+        return
     if a.protocol == "base2new":
         print(format_table([{**r, "label": f"{r['method']}/{r['dataset']}"} for r in table]))
     else:
         for r in table:
             print(f"{r['method']:<12} {r['dataset']:<22} {r['shots']:>3} shots  "
                   f"acc {r['acc']:6.2f}" + (f" ± {r['acc_std']:.2f}" if "acc_std" in r else ""))
-    print(f"wrote {a.out}/table.csv, table.json and report.html")
-    return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

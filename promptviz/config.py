@@ -35,11 +35,13 @@ DEVICE_HELP = "cpu | cuda | cuda:N"
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-            metavar: str | None = None, required: bool = False) -> Any:
+            metavar: str | None = None, required: bool = False, const: Any = None) -> Any:
     """A dataclass field with its command-line help (``choices`` restrict the flag;
-    ``required``: the command line must give it, the dataclass still has a default). A list
-    or dict default is copied for every instance (a ``default_factory``)."""
-    meta = {"help": help, "choices": choices, "metavar": metavar, "required": required}
+    ``required``: the command line must give it, the dataclass still has a default;
+    ``const``: the flag's value may be left out, and then is ``const``). A list or dict
+    default is copied for every instance (a ``default_factory``)."""
+    meta = {"help": help, "choices": choices, "metavar": metavar, "required": required,
+            "const": const}
     if isinstance(default, (list, dict)):      # a fresh copy for every instance
         return field(default_factory=lambda: copy.copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -320,6 +322,9 @@ class CardConfig:
                              "off)")
 
 
+RAY_LOCAL = "local"      # --ray without an address: ray.init starts a cluster on this machine
+
+
 @dataclass
 class CompareConfig:
     """``promptviz compare``: methods × datasets × seeds under one protocol, one table
@@ -352,6 +357,16 @@ class CompareConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, --set M.K=V
     progress: bool = setting(False, "progress bars (the command line's --quiet turns them "
                              "off)")
+    retries: int = setting(1, "times a run that fails (or whose Ray worker dies) is tried "
+                           "again; then the table reports it failed, with its error")
+    ray: str | None = setting(None, "run the study on Ray (pip install 'promptviz[ray]'), one "
+                              "task per run: no ADDRESS starts a cluster of this machine's "
+                              "GPUs (one run each) or CPUs; ADDRESS joins a running one "
+                              "(`ray start --head` prints it; 'auto': the one started here). "
+                              "--out must be storage every machine of the cluster shares",
+                              metavar="ADDRESS", const=RAY_LOCAL)
+    ray_cpus: int = setting(1, "--ray: CPUs each run asks for (a --device cuda run asks for "
+                            "one GPU besides)")
 
 
 @dataclass

@@ -315,6 +315,8 @@ def study(tiny_root: Path, out: Path, *extra: str) -> list[str]:
     (["--epochs", "-1"], "--epochs -1"),
     (["--batch-size", "0"], "--batch-size 0"),
     (["--device", "tpu"], "unknown device"),
+    (["--retries", "-1"], "--retries -1: give 0 or more"),
+    (["--ray-cpus", "0"], "--ray-cpus 0: give 1 or more"),
 ])
 def test_a_study_checks_everything_before_its_first_run(tiny_root, tmp_path, capsys, extra,
                                                        fragment):

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,17 +170,21 @@ def check_study(cfg: CompareConfig) -> None:
         if len(set(values)) != len(values):
             raise PromptvizError(f"{flag} repeats a value ({' '.join(map(str, values))}); a "
                                  "repeated run would count twice in the means")
+    for flag, value, least in (("--retries", cfg.retries, 0), ("--ray-cpus", cfg.ray_cpus, 1)):
+        if value < least:
+            raise PromptvizError(f"{flag} {value}: give {least} or more")
     train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
     for method, dataset, shots, seed in plan(cfg):
         _train_cfg(cfg, method, dataset, shots, seed, train_protocol, Path(cfg.out)
                    ).resolved().validate()
-    check_device(cfg.device)
+    if cfg.ray is None:                  # on Ray the device is the workers' (checked there)
+        check_device(cfg.device)
     for dataset in dict.fromkeys([*cfg.datasets, *([cfg.source] if cfg.source else [])]):
         load_dataset(dataset, cfg.data_root)
     optioned = [(label, name) for label, name in zip(cfg.methods, names)
                 if method_variant(label)[1] or cfg.options.get(name)]
     if optioned:                         # options that only the backbone can refuse
-        backbone = load_clip(cfg.backbone, cfg.device)   # (SEP's layers, n_visual, n_text)
+        backbone = load_clip(cfg.backbone, _driver_device(cfg))  # (SEP's layers, ...)
         for label, name in optioned:
             opts = {**cfg.options.get(name, {}), **method_variant(label)[1]}
             try:
@@ -187,9 +193,9 @@ def check_study(cfg: CompareConfig) -> None:
                 raise PromptvizError(f"method {label!r} on {cfg.backbone}: {e}") from None
 
 
-def _finished(path: Path, again: str) -> dict[str, Any] | None:
+def _finished(path: Path, again: str | None) -> dict[str, Any] | None:
     """A finished result file, or ``None`` when there is none or it cannot be read (then the
-    work is done again, and a note says so: ``again``)."""
+    work is done again, and a note says so: ``again``; ``None``: no note)."""
     if not path.is_file():
         return None
     try:
@@ -198,52 +204,150 @@ def _finished(path: Path, again: str) -> dict[str, Any] | None:
             return res
     except (OSError, ValueError):
         pass
-    print(f"note: {path} is unreadable; {again}", file=sys.stderr)
+    if again is not None:
+        print(f"note: {path} is unreadable; {again}", file=sys.stderr)
     return None
 
 
+Task = tuple[str, str, int, int]   # (method entry, train dataset, shots, seed): one run
+
+
+def _folder(cfg: CompareConfig, task: Task) -> Path:
+    method, dataset, shots, seed = task
+    return (Path(cfg.out) / "runs" / _method_slug(method) / _slug(dataset) / f"shots{shots}"
+            / f"seed{seed}")
+
+
+def _train_protocol(cfg: CompareConfig) -> str:
+    return "base2new" if cfg.protocol == "base2new" else "fewshot"
+
+
+def _rows(cfg: CompareConfig, task: Task, res: dict[str, Any], evaluate: bool
+          ) -> list[dict[str, Any]] | None:
+    """A finished run's table rows: itself, or (transfer protocols) one per target. A target
+    not evaluated yet is evaluated when ``evaluate``, else the answer is ``None``."""
+    method, dataset, shots, seed = task
+    folder = _folder(cfg, task)
+    res = {**res, "method": method}  # the study's entry: a variant is its own row
+    if cfg.protocol in {"base2new", "fewshot"}:
+        return [res]
+    rows = []
+    for target in cfg.datasets:          # transfer: evaluate the source checkpoint elsewhere
+        if target == dataset:            # the source's own test split: the run measured it
+            rows.append({**{k: res[k] for k in ("method", "backbone", "dataset", "protocol",
+                                                "shots", "seed", "acc") if k in res},
+                         "source": dataset})
+            continue
+        path = folder / f"transfer_{_slug(target)}.json"
+        done = _finished(path, "evaluating again" if evaluate else None)
+        if done is not None:
+            rows.append({**done, "method": method})
+            continue
+        if not evaluate:
+            return None
+        t = run_eval(folder, target, cfg.data_root, "fewshot", cfg.device,
+                     progress=cfg.progress)
+        t.update(method=method, source=dataset, shots=shots, seed=seed)
+        atomic_write_text(path, json.dumps(t, indent=2))
+        rows.append(t)
+    return rows
+
+
+def run_one(cfg: CompareConfig, task: Task, res: dict[str, Any] | None
+            ) -> list[dict[str, Any]]:
+    """One run of the study, here or on a Ray worker (the same function): train it unless
+    ``res`` holds its finished results, evaluate its transfer targets, and return its rows.
+    Everything it writes lands in its own folder under ``cfg.out``."""
+    method, dataset, shots, seed = task
+    folder = _folder(cfg, task)
+    if res is None:                      # none, or other weights or settings: (re)run it
+        for stale in folder.glob("transfer_*.json"):
+            stale.unlink()
+        res = run(_train_cfg(cfg, method, dataset, shots, seed, _train_protocol(cfg), folder),
+                  overwrite=True)       # the study's own folder
+    return _rows(cfg, task, res, evaluate=True)
+
+
+def run_label(task: Task) -> str:
+    """A run as the messages and the table's failed rows name it."""
+    method, dataset, shots, seed = task
+    return f"{method}/{dataset}/shots{shots}/seed{seed}"
+
+
+def _failed_row(cfg: CompareConfig, task: Task, error: str) -> dict[str, Any]:
+    method, dataset, shots, seed = task
+    return {"method": method, "dataset": dataset, "shots": shots, "seed": seed,
+            "protocol": cfg.protocol, "status": "failed", "error": error,
+            "run": str(_folder(cfg, task))}
+
+
+Outcome = tuple[Task, list[dict[str, Any]] | None, str | None]   # rows, or the error
+
+
+def in_process(cfg: CompareConfig, work: Any, todo: list[tuple[Task, Any]]
+               ) -> Iterator[Outcome]:
+    """The runs one after another in this process: each tried ``1 + cfg.retries`` times,
+    then given up as failed with its last error (Ctrl-C is not a failure: it stops the
+    study, and the same command resumes it)."""
+    for task, res in todo:
+        rows, error = None, None
+        for attempt in range(cfg.retries + 1):
+            try:
+                rows = work(cfg, task, res)
+                break
+            except Exception as e:         # reported in the table, never lost
+                error = f"{type(e).__name__}: {e}"
+                again = "trying again" if attempt < cfg.retries else "giving up"
+                print(f"note: run {run_label(task)} failed ({error}); {again}", file=sys.stderr)
+        yield task, rows, None if rows is not None else error
+
+
 def run_study(cfg: CompareConfig) -> list[dict[str, Any]]:
-    """Run (or reuse) every run of the study; return one result dict per run and target."""
+    """Run (or reuse) every run of the study; return one result dict per run and target,
+    and one ``status: "failed"`` row (with its ``error``) per run that failed every try.
+    The runs go one after another here, or with ``cfg.ray`` as Ray tasks
+    (:mod:`promptviz.tools.distributed`); either way each is :func:`run_one`, and this
+    driver decides which runs are finished (reused) and assembles the rows."""
+    if cfg.ray is not None:              # before anything else: a missing extra is said first
+        from promptviz.tools import distributed
+        distributed.require_ray()
     check_study(cfg)
-    out = Path(cfg.out)
-    rows: list[dict[str, Any]] = []
-    train_protocol = "base2new" if cfg.protocol == "base2new" else "fewshot"
+    tasks = plan(cfg)
     weights = None                       # the backbone's fingerprint, read when first needed
-    for method, dataset, shots, seed in progress_bar(plan(cfg), desc="compare",
-                                                     enabled=cfg.progress):
-        folder = (out / "runs" / _method_slug(method) / _slug(dataset) / f"shots{shots}"
-                  / f"seed{seed}")
-        train_cfg = _train_cfg(cfg, method, dataset, shots, seed, train_protocol, folder)
+    done: dict[Task, list[dict[str, Any]]] = {}
+    todo: list[tuple[Task, dict[str, Any] | None]] = []
+    for task in tasks:
+        method, dataset, shots, seed = task
+        folder = _folder(cfg, task)
         res = None
         if (folder / RESULTS).is_file():
             if weights is None:
-                weights = weights_fingerprint(load_clip(cfg.backbone, cfg.device).model)
-            res = finished_run(train_cfg, weights)
-        if res is None:                  # none, or other weights or settings: (re)run it
-            for stale in folder.glob("transfer_*.json"):
-                stale.unlink()
-            res = run(train_cfg, overwrite=True)   # the study's own folder
-        res = {**res, "method": method}  # the study's entry: a variant is its own row
-        if cfg.protocol in {"base2new", "fewshot"}:
-            rows.append(res)
-            continue
-        for target in cfg.datasets:      # transfer: evaluate the source checkpoint elsewhere
-            if target == dataset:        # the source's own test split: the run measured it
-                rows.append({**{k: res[k] for k in ("method", "backbone", "dataset", "protocol",
-                                                    "shots", "seed", "acc") if k in res},
-                             "source": dataset})
-                continue
-            path = folder / f"transfer_{_slug(target)}.json"
-            done = _finished(path, "evaluating again")
-            if done is not None:
-                rows.append({**done, "method": method})
-                continue
-            t = run_eval(folder, target, cfg.data_root, "fewshot", cfg.device,
-                         progress=cfg.progress)
-            t.update(method=method, source=dataset, shots=shots, seed=seed)
-            atomic_write_text(path, json.dumps(t, indent=2))
-            rows.append(t)
-    return rows
+                weights = weights_fingerprint(load_clip(cfg.backbone, _driver_device(cfg)).model)
+            res = finished_run(_train_cfg(cfg, method, dataset, shots, seed,
+                                          _train_protocol(cfg), folder), weights)
+        rows = _rows(cfg, task, res, evaluate=False) if res is not None else None
+        if rows is not None:
+            done[task] = rows
+        else:
+            todo.append((task, res))
+    outcomes = distributed.on_ray(cfg, run_one, todo) if cfg.ray is not None \
+        else in_process(cfg, run_one, todo)
+    bar = progress_bar(None, desc="compare", enabled=cfg.progress, total=len(tasks),
+                       initial=len(tasks) - len(todo))
+    try:
+        for task, rows, error in outcomes:
+            done[task] = rows if rows is not None else [_failed_row(cfg, task, error or "")]
+            bar.update(1)
+    finally:
+        outcomes.close()                 # an interrupted driver cancels what it started
+        bar.close()
+    return [row for task in tasks for row in done[task]]
+
+
+def _driver_device(cfg: CompareConfig) -> str:
+    """Where the driver loads a backbone (checks, the weights' fingerprint): on Ray, the
+    runs' device may exist only on the workers."""
+    return "cpu" if cfg.ray is not None else cfg.device
 
 
 def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:
@@ -256,7 +360,14 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
     (:func:`promptviz.metrics.aggregate`, its ``hm_std`` the std of the per-seed HMs),
     an average row's the HM of its dataset-averaged accuracies
     (no std: it is a mean over datasets, not seeds).
+
+    A run that failed (``status: "failed"``) is not in any mean: its dataset row averages
+    the seeds that finished (``n`` says how many), it gives a row of its own (with its
+    ``seed`` and ``error``) at the end, and its method has no average row for those shots
+    (an average over fewer datasets would not compare with the others').
     """
+    failed = [r for r in rows if r.get("status") == "failed"]
+    rows = [r for r in rows if r.get("status") != "failed"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["dataset"], r.get("shots", 0)), []).append(r)
@@ -267,7 +378,8 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
     for method in dict.fromkeys(r["method"] for r in table):
         for shots in dict.fromkeys(r["shots"] for r in table if r["method"] == method):
             mine = [r for r in table if r["method"] == method and r["shots"] == shots]
-            if len(mine) < 2:
+            if len(mine) < 2 or any(f["method"] == method and f["shots"] == shots
+                                    for f in failed):
                 continue
             avg: dict[str, Any] = {"method": method, "dataset": "average", "shots": shots,
                                    "n": len(mine)}
@@ -278,12 +390,15 @@ def summarise(rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]
             if "base_acc" in avg:
                 avg["hm"] = harmonic_mean(avg["base_acc"], avg["new_acc"])   # HM_CONVENTION
             table.append(avg)
-    return table
+    return table + [{k: r[k] for k in ("method", "dataset", "shots", "seed", "status", "error",
+                                       "run")} for r in failed]
 
 
 COLUMNS = ("method", "dataset", "shots", "n", "base_acc", "base_acc_std", "new_acc",
-           "new_acc_std", "hm", "hm_std", "acc", "acc_std")
+           "new_acc_std", "hm", "hm_std", "acc", "acc_std", "status", "seed", "error")
 NOTES = {"std": "*_std: sample standard deviation over seeds (dataset rows only)",
+         "status": "ok, or failed: a run that failed every try (its seed and error; it is in "
+                   "no mean, and its method has no average row)",
          "hm": f"{HM_CONVENTION}; an average row's HM is the HM of its dataset-averaged base "
                "and novel accuracies"}
 
@@ -296,7 +411,8 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in table:
-        writer.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({"status": "ok", **{k: (f"{v:.2f}" if isinstance(v, float) else v)
+                                            for k, v in row.items()}})
     return buf.getvalue()
 
 
@@ -323,6 +439,14 @@ def write_outputs(cfg: CompareConfig, table: list[dict[str, Any]]) -> Path:
     report.paragraph(f"Backbone {cfg.backbone}; methods {', '.join(cfg.methods)}; seeds "
                      f"{', '.join(map(str, cfg.seeds))}; data {cfg.data_root}.")
     metrics = ("base_acc", "new_acc", "hm") if cfg.protocol == "base2new" else ("acc",)
+    failed = [r for r in table if r.get("status") == "failed"]
+    table = [r for r in table if r.get("status") != "failed"]
+    if failed:
+        report.heading(f"Failed runs ({len(failed)}): in no mean above")
+        report.raw("<table><tr><th>run</th><th>error</th></tr>" + "".join(
+            f"<tr><td>{html.escape(run_label((r['method'], r['dataset'], r['shots'], r['seed'])))}"
+            f"</td><td><pre>{html.escape(r['error'])}</pre></td></tr>" for r in failed)
+            + "</table>")
     for row in table:
         row["label"] = f"{row['method']} · {row['dataset']}" + (
             f" · {row['shots']} shots" if len(cfg.shots) > 1 else "")
@@ -389,7 +513,29 @@ def study_command(config: dict[str, Any]) -> str:
     return "promptviz compare " + " ".join(shlex.quote(w) for w in words)
 
 
+class StudyFailed(PromptvizError):
+    """Some runs of a study failed every try; the table (written, with them as failed rows)
+    is ``table``."""
+
+    def __init__(self, message: str, table: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.table = table
+
+
 def compare(cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Run the study, write table.json, table.csv and report.html, and return the table.
+    When runs failed every try, the outputs are still written (the failed runs as rows with
+    their errors) and :class:`StudyFailed` says which; the same call again reruns only them
+    (finished runs are reused)."""
     table = summarise(run_study(cfg), cfg.protocol)
     write_outputs(cfg, table)
+    failed = [r for r in table if r.get("status") == "failed"]
+    if failed:
+        tries = cfg.retries + 1
+        raise StudyFailed(
+            f"{len(failed)} run(s) failed {tries} time(s) each: " + "; ".join(
+                f"{run_label((r['method'], r['dataset'], r['shots'], r['seed']))}: {r['error']}"
+                for r in failed[:3]) + ("; …" if len(failed) > 3 else "")
+            + f". {cfg.out}/table.json and report.html list them; fix the cause and run the "
+            "same command again (finished runs are reused)", table)
     return table

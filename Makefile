@@ -59,6 +59,7 @@ test-browser: $(STAMP)
 notebooks: $(STAMP)
 	cd notebooks && for nb in *.ipynb; do PROMPTVIZ_PROGRESS=0 ../$(BIN)/jupyter nbconvert \
 	    --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 $$nb || exit 1; done
+	$(BIN)/python notebooks/colab.py   # the Colab cells as written (executing stamps them)
 
 demo: $(STAMP)
 	$(BIN)/promptviz demo

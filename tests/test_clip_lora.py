@@ -323,3 +323,36 @@ def test_train_refuses_bad_options(tiny_root, tmp_path, option, value):
     with pytest.raises(PromptvizError, match=f"{option}="):
         run(cfg)
     assert not out.exists()
+
+
+# ------------------------------------------------------------ views and interventions
+def test_lora_update_is_delta_over_pretrained_per_block(tiny_clip):
+    from promptviz.analysis.interventions import lora_update
+    m = _lora(tiny_clip)
+    assert lora_update(m) == {"text": [0.0] * 2, "vision": [0.0] * 3}     # B = 0
+    with torch.no_grad():
+        lora = m.lora["vis_1_v"]
+        lora.B.fill_(0.1)
+    w0 = tiny_clip.model.visual.transformer.resblocks[1].attn.in_proj_weight.chunk(3)
+    want = (lora.delta_weight().norm() / torch.cat(w0).norm()).item()   # q, k, v together
+    got = lora_update(m)
+    assert got["vision"][1] == pytest.approx(want, rel=1e-5)
+    assert got["vision"][0] == got["vision"][2] == 0.0 and got["text"] == [0.0, 0.0]
+
+
+def test_lora_tower_interventions(tiny_clip):
+    from promptviz.analysis.interventions import available, intervene
+    m = _lora(tiny_clip).eval()                  # eval: no dropout on the LoRA branch
+    _fill(m)
+    images = _images(tiny_clip)
+    zs = build_method("zeroshot", tiny_clip, NAMES, TEMPLATE)
+    assert available(m) == ("lora=text_off", "lora=vision_off")
+    with torch.no_grad():
+        adapted = m(images)
+        with intervene(m, "lora=text_off"):
+            assert torch.allclose(m.text_features(), zs.text_features(), atol=1e-5)
+            assert not torch.allclose(m(images), adapted)
+        with intervene(m, "lora=vision_off"):
+            f = tiny_clip.encode_image(images, normalize=True)
+            assert torch.allclose(m.image_features(images), f, atol=1e-5)
+        assert torch.equal(m(images), adapted)

@@ -145,6 +145,16 @@ def test_maple_couplings_start_as_copies_and_visual_prompts_follow_text(tiny_cli
     assert [tuple(r["vision"].shape) for r in rows] == [(2, 128)] * 2
 
 
+def test_depths_from_the_command_line_are_numbers(tiny_clip):
+    """``--set depth=2`` arrives as a string (the default None says no type)."""
+    assert build_method("maple", tiny_clip, NAMES, TEMPLATE, {"depth": "2"}).depth_text == 2
+    m = build_method("ivlp", tiny_clip, NAMES, TEMPLATE, {"depth_text": "1",
+                                                           "depth_vision": "none"})
+    assert (m.depth_text, m.depth_vision) == (1, 3)
+    with pytest.raises(PromptvizError, match="depth='two' is not a whole number"):
+        build_method("maple", tiny_clip, NAMES, TEMPLATE, {"depth": "two"})
+
+
 def test_bad_options_name_the_option(tiny_clip):
     for name, opts, words in [("ivlp", {"n_ctx_text": 0, "n_ctx_vision": 0}, "n_ctx_text=0"),
                               ("ivlp", {"depth_vision": 9}, "depth_vision=9"),

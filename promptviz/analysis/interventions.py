@@ -38,6 +38,9 @@ Deep prompts (IVLP, VPT, MaPLe, PromptSRC: prompts in the first J blocks of a to
   phrase's words, fresh N(0, 0.02) draws of the seed for the deep ones). In MaPLe the
   visual prompts are made from them, so both towers change: the coupling at work.
 
+CLIP-LoRA: ``lora=text_off`` / ``lora=vision_off`` — one tower's low-rank updates left out
+(that tower is pre-trained CLIP again), the other's kept.
+
 Any method, on the backbone's named hook points (:meth:`Backbone.hooks`):
 ``<tower>.<layer>.<point>=zero`` (e.g. ``vis.11.attn_out=zero``, ``txt.*.mlp_out=zero``)
 — what that part of a block adds to the residual stream (``attn_out``, ``mlp_out``) or the
@@ -96,6 +99,8 @@ def available(method: Method) -> tuple[str, ...]:
         return CONTEXT
     if method.name == "sep":
         return SEP
+    if method.name == "clip_lora":
+        return tuple(f"lora={'text' if t == 'txt' else 'vision'}_off" for t in method.adapted)
     if method.name in DEEP_PROMPTS:
         return ((TEXT_PROMPTS if method.n_text else ()) + (VISION_PROMPTS if method.n_vision
                                                             else ()) + ("deep=off",))
@@ -160,6 +165,10 @@ def intervene(method: Method, name: str, seed: int = 0) -> Iterator[Method]:
             ensemble = method.options.ensemble
             method.options.ensemble = False
             restore.append(lambda: setattr(method.options, "ensemble", ensemble))
+        elif name.startswith("lora="):
+            off = "txt" if name == "lora=text_off" else "vis"
+            deltas = method.deltas
+            override("deltas", lambda tower: {} if tower == off else deltas(tower))
         elif name == "vision_prompts=off":
             override("encode_image_prompted", method.backbone.encode_image)
         elif name == "vision_prompts=random":
@@ -234,6 +243,33 @@ def prompt_shift(trained: Method, start: Method) -> dict[str, list[float]]:
                 continue
             out[tower] = [float((p - q.to(p.device)).norm() / q.norm())
                           for p, q in zip([a0, *a], [b0, *b])]
+    return out
+
+
+def lora_update(method: Method) -> dict[str, list[float]]:
+    """CLIP-LoRA's update per adapted block and tower, relative to the pre-trained weights:
+    ``‖ΔW‖ / ‖W0‖`` over the block's adapted projections together (``ΔW = γ·B A``; ``W0``
+    the q, k, v rows of the attention's packed input projection, or its output projection)."""
+    if method.name != "clip_lora":
+        raise PromptvizError(f"lora_update reads CLIP-LoRA's updates; {method.name} has none")
+    towers = {"txt": method.backbone.model.transformer,
+              "vis": method.backbone.model.visual.transformer}
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for tower, layers in method.adapted.items():
+            values = []
+            for layer in layers:
+                attn = towers[tower].resblocks[layer].attn
+                w = attn.in_proj_weight.float().chunk(3)
+                base = {"q": w[0], "k": w[1], "v": w[2], "o": attn.out_proj.weight.float()}
+                delta = sq = 0.0
+                for key, lora in method.deltas(tower).items():
+                    if int(key.split(".")[1]) == layer:
+                        p = key.split(".")[2]
+                        delta += float(lora.delta_weight().float().pow(2).sum())
+                        sq += float(base[p].pow(2).sum())
+                values.append(math.sqrt(delta / sq))
+            out["text" if tower == "txt" else "vision"] = values
     return out
 
 

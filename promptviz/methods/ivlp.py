@@ -53,6 +53,22 @@ class IVLPOptions:
                                         # fallback, also taken when n_ctx_text > its length)
     template: str = "a photo of a {}."  # the frozen text when n_ctx_text=0 ("" = the dataset's)
 
+    def __post_init__(self) -> None:
+        self.depth_text = optional_int(self.depth_text, "depth_text")
+        self.depth_vision = optional_int(self.depth_vision, "depth_vision")
+
+
+def optional_int(value: object, name: str) -> int | None:
+    """An option that is a whole number or ``None``, as ``--set name=3`` / ``name=none`` give
+    it (a string: its default ``None`` does not say the type)."""
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return None if str(value).strip().lower() == "none" else int(str(value))
+    except ValueError:
+        raise PromptvizError(f"option {name}={value!r} is not a whole number; give a block "
+                             f"count, e.g. {name}=2, or {name}=none for the authors'") from None
+
 
 def resolve_depth(depth: int | None, authors: int, n_blocks: int, what: str) -> int:
     """How many blocks get prompts: ``depth`` as given (1 … n_blocks), or for ``None`` the

@@ -35,7 +35,13 @@ from promptviz.backbone import Backbone
 from promptviz.errors import PromptvizError
 from promptviz.methods.base import TrainDefaults
 from promptviz.methods.inputs import Pixels
-from promptviz.methods.ivlp import IVLP, _prompts, resolve_depth, text_prompt_learner
+from promptviz.methods.ivlp import (
+    IVLP,
+    _prompts,
+    optional_int,
+    resolve_depth,
+    text_prompt_learner,
+)
 
 AUTHORS_DEPTH = 9           # PROMPT_DEPTH of the base-to-novel config (of 12 blocks)
 
@@ -46,6 +52,9 @@ class MaPLeOptions:
     ctx_init: str = "a photo of a"      # its first n tokens initialise P_0 ("" = N(0, 0.02))
     depth: int | None = None            # J: blocks 0..J−1 get prompts; None = the authors' 9
                                         # of 12 (scaled on smaller towers); cross-dataset: 3
+
+    def __post_init__(self) -> None:
+        self.depth = optional_int(self.depth, "depth")
 
 
 class MaPLe(IVLP):

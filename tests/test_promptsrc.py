@@ -67,6 +67,10 @@ def test_frozen_text_is_the_template_ensemble(tiny_clip):
     one = build_method("promptsrc", tiny_clip, NAMES, TEMPLATE, {"n_templates": 0})
     assert torch.allclose(one.frozen_text_features(),
                           zero_shot_text_features(tiny_clip, NAMES, TEMPLATE), atol=1e-6)
+    one.set_classnames(NAMES, "a drawing of a {}.")     # same classes, another template
+    assert torch.allclose(one.frozen_text_features(),
+                          zero_shot_text_features(tiny_clip, NAMES, "a drawing of a {}."),
+                          atol=1e-6)
 
 
 def test_agreement_terms_vanish_when_prompted_equals_frozen(tiny_clip):

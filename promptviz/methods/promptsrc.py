@@ -106,7 +106,7 @@ class PromptSRC(IVLP):
                                  f"to {len(OPENAI_IMAGENET_TEMPLATES)}")
         super().__init__(backbone, classnames, template, o)
         self._gpa: dict[str, Tensor] = {}           # Σ_e g(e)·θ_e so far (training only)
-        self._frozen_text: tuple[list[str], Tensor] | None = None
+        self._frozen_text: tuple[tuple, Tensor] | None = None
 
     @classmethod
     def dataset_options(cls, dataset: str, protocol: str = "base2new") -> dict[str, Any]:
@@ -120,16 +120,17 @@ class PromptSRC(IVLP):
     @torch.no_grad()
     def frozen_text_features(self) -> Tensor:
         """``norm(t̃)``: frozen text features averaged over the templates, ``[C, d]``
-        (computed once per class list)."""
-        if self._frozen_text is None or self._frozen_text[0] != self.classnames:
-            n = self.options.n_templates
-            templates = TEMPLATES[:n] if n else (self.template,)
+        (computed once per class list and templates)."""
+        n = self.options.n_templates
+        templates = TEMPLATES[:n] if n else (self.template,)
+        key = (tuple(self.classnames), templates)
+        if self._frozen_text is None or self._frozen_text[0] != key:
             total = 0.0
             for template in templates:       # mean of the un-normalised features (authors)
                 ids = self.backbone.tokenize(prompt_texts(self.classnames, template))
                 total = total + self.backbone.encode_text(ids).float()
             t = F.normalize(total / len(templates), dim=-1)
-            self._frozen_text = (list(self.classnames), t)
+            self._frozen_text = (key, t)
         return self._frozen_text[1]
 
     # -- the objective -------------------------------------------------------------------

@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and evaluate one method on one dataset")
     add_fields(t, TrainConfig, skip=("progress",))     # every setting, from the dataclass
-    t.add_argument("--base-method", help="the method TextRefiner wraps: coop (default) | kgcoop")
+    t.add_argument("--base-method", help="the method TextRefiner wraps: coop (default) | "
+                   "kgcoop | maple | promptkd")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --set n_ctx=16 --set ctx_init=")
     t.add_argument("--overwrite", action="store_true",

@@ -28,7 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("last", "best_val")          # the final model: last epoch | best on validation
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BENCH_METHODS = ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep", "ivlp", "vpt",
-                 "maple", "promptsrc", "clip_lora")
+                 "maple", "promptsrc", "clip_lora", "promptkd")
 TOYWORLD_ROOT = "data/toyworld"
 BACKBONE_HELP = "toyclip, NAME:TAG (open_clip) or a weight file"
 DEVICE_HELP = "cpu | cuda | cuda:N"
@@ -59,7 +59,7 @@ class TrainConfig:
     """``promptviz train``: one method on one dataset, one protocol, shots and seed."""
 
     method: str = setting("coop", "zeroshot | coop | cocoop | kgcoop | textrefiner | sep | "
-                          "clip_adapter | ivlp | vpt | maple | promptsrc | clip_lora",
+                          "clip_adapter | ivlp | vpt | maple | promptsrc | clip_lora | promptkd",
                           required=True)
     backbone: str = setting("toyclip", "toyclip, NAME:TAG (open_clip, e.g. ViT-B-16:openai) "
                             "or a weight file")
@@ -116,7 +116,8 @@ class TrainConfig:
         """Fill the ``None`` fields from the method's defaults, for ``dataset`` (its
         ``Dataset.name``) when given: the authors' per-dataset schedules apply then."""
         from promptviz.methods import method_class  # torch: only when a run starts
-        d = method_class(self.method).defaults.for_dataset(dataset, self.protocol)
+        d = method_class(self.method).train_defaults(self.options).for_dataset(dataset,
+                                                                               self.protocol)
         mine = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "optimizer",
                                               "select", "eval_batch_size", "weight_decay",
                                               "warmup_epochs")}

@@ -72,7 +72,9 @@ REFERENCE_B2N = {
     "CoCoOp": (80.47, 71.69, 75.83), "KgCoOp": (80.73, 73.60, 77.00),
     "MaPLe": (82.28, 75.14, 78.55), "PromptSRC": (84.26, 76.10, 79.97),
     "TCP": (84.13, 75.36, 79.51), "CoOp+TextRefiner": (79.74, 74.32, 76.94),
+    # PromptKD (Li et al., CVPR 2024) and TextRefiner on it are transductive: the unlabelled
+    # training images of every class, novel ones included, train the student (their code's
+    # SHOTS=0 over all classes), and the teacher is a ViT-L/14
     "PromptKD+TextRefiner": (85.22, 79.64, 82.33),
-    # PromptKD (Li et al., CVPR 2024) is transductive: unlabelled test images train its student
     "PromptKD": (86.96, 80.73, 83.73),
 }

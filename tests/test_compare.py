@@ -19,6 +19,7 @@ from promptviz.tools.compare import (
     method_variant,
     summarise,
     to_csv,
+    variant_schedule,
 )
 
 
@@ -207,6 +208,22 @@ def test_variants_in_a_transfer_study_keep_their_labels_when_reused(tiny_root, t
     assert sorted((r["method"], r["dataset"]) for r in again) == sorted(
         (r["method"], r["dataset"]) for r in first)
     assert {r["method"] for r in again} == {"coop", "coop[n_ctx=2]"}
+
+
+def test_a_variant_can_set_its_own_epochs(tiny_root, tmp_path):
+    """``name[epochs=N]`` trains that entry N epochs (CLIP-LoRA's budget cut openly in a
+    study); it is a schedule, not a method option, and other entries keep theirs."""
+    assert method_variant("coop[epochs=3,n_ctx=2]") == ("coop", {"n_ctx": "2"})
+    assert variant_schedule("coop[epochs=3,n_ctx=2]") == {"epochs": 3}
+    cfg = _cfg(tiny_root, tmp_path / "study", methods=["coop", "coop[epochs=2]"], seeds=[1],
+               epochs=1)
+    assert {r["method"] for r in compare(cfg)} == {"coop", "coop[epochs=2]"}
+    runs = tmp_path / "study" / "runs"
+    for slug, epochs in (("coop", 1), ("coop_epochs=2", 2)):
+        res = json.loads((runs / slug / "dtd" / "shots2" / "seed1" / "results.json").read_text())
+        assert res["epochs"] == epochs and len(res["history"]) == epochs
+    with pytest.raises(PromptvizError, match="whole number"):
+        variant_schedule("coop[epochs=many]")
 
 
 @pytest.mark.parametrize("methods,words", [(["coop[n_ctx=two]"], "coop[n_ctx=two]"),

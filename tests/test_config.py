@@ -238,7 +238,8 @@ def test_the_flags_commands_had_before_are_kept():
         "bench": {"--backbone": "toyclip", "--device": "cpu",
                   # + the deep-prompt family (#22): a deliberate change of the default
                   "--methods": ("zeroshot", "coop", "kgcoop", "cocoop", "textrefiner", "sep",
-                                "ivlp", "vpt", "maple", "promptsrc", "clip_lora"),
+                                "ivlp", "vpt", "maple", "promptsrc", "clip_lora",
+                                "promptkd"),
                   "--batch-size": None, "--eval-batch-size": None, "--steps": None,
                   "--warmup": None, "--classes": 100, "--epochs": None, "--cache-views": 10,
                   "--threads": 0, "--peak-tflops": None, "--seed": 0,

@@ -216,7 +216,7 @@ def test_last_is_kept_when_asked_and_best_val_needs_a_val_split(tiny_root, tmp_p
 
 # --------------------------------------------------------- mixed precision on the CPU
 @pytest.mark.parametrize("method", ["coop", "textrefiner", "sep", "cocoop", "maple", "vpt",
-                                    "promptsrc"])
+                                    "promptsrc", "promptkd"])
 def test_bf16_autocast_trains_and_evaluates(tiny_root, tmp_path, method):
     """The GPU's default path (bf16 autocast over fp32 weights) on the CPU: training from
     cached features and from pixels, evaluation, and finite fp32 weights at the end."""

@@ -25,7 +25,7 @@ def _images(clip, n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, clip.image_size, clip.image_size, generator=g)
 
 
-PIXEL_METHODS = {"sep", "ivlp", "vpt", "maple", "promptsrc", "clip_lora"}
+PIXEL_METHODS = {"sep", "ivlp", "vpt", "maple", "promptsrc", "clip_lora", "promptkd"}
 
 
 # ------------------------------------------------------------------------ the data side

@@ -20,7 +20,8 @@ FOLDERS = sorted(p.parent.name for p in STUDIES.glob("*/table.json"))
 RERUN = {"b2n_paints_shapes": ("sep", "toy_paints", "ToyPaints"),
          "b2n_paints_50ep": ("coop", "toy_paints", "ToyPaints"),
          "sep_ablation_paints": ("sep[layers=1]", "toy_paints", "ToyPaints"),
-         "textrefiner_read": ("textrefiner[read_temperature=0.01]", "toy_weaves", "ToyWeaves")}
+         "textrefiner_read": ("textrefiner[read_temperature=0.01]", "toy_weaves", "ToyWeaves"),
+         "b2n_family": ("ivlp", "toy_paints", "ToyPaints")}
 
 
 def _commands() -> dict[str, list[str]]:

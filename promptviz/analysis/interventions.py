@@ -28,7 +28,8 @@ residual ensemble with frozen CLIP):
   through the blocks as they are, in both towers (or one);
 * ``ensemble=off`` — ``f̂ = f`` and ``t̂ = t``, the prompted features alone.
 
-Deep prompts (IVLP, VPT, MaPLe, PromptSRC: prompts in the first J blocks of a tower):
+Deep prompts (IVLP, VPT, MaPLe, PromptSRC, PromptKD's student: prompts in the first J blocks
+of a tower):
 
 * ``vision_prompts=off`` — the image tower runs without prompts (frozen CLIP's image side);
 * ``vision_prompts=random`` — every visual prompt token replaced by a random direction of
@@ -76,7 +77,7 @@ from promptviz.precision import autocast_for
 
 TEXTREFINER = ("read=class_mean", "read=zero", "alpha=0", "cache=shuffled")
 CONTEXT = ("context=initial",)
-DEEP_PROMPTS = ("ivlp", "vpt", "maple", "promptsrc")
+DEEP_PROMPTS = ("ivlp", "vpt", "maple", "promptsrc", "promptkd")
 TEXT_PROMPTS = ("text_prompts=initial",)
 VISION_PROMPTS = ("vision_prompts=off", "vision_prompts=random")
 SEP = ("selection=random", "selection=cls_attention", "selection=lowest", "tfm=raw",
@@ -244,6 +245,26 @@ def prompt_shift(trained: Method, start: Method) -> dict[str, list[float]]:
             out[tower] = [float((p - q.to(p.device)).norm() / q.norm())
                           for p, q in zip([a0, *a], [b0, *b])]
     return out
+
+
+@torch.no_grad()
+def teacher_student(method: Method, images: torch.Tensor, batch_size: int = 64
+                    ) -> dict[str, np.ndarray]:
+    """PromptKD: per image, the teacher's and the student's predicted class (``"teacher"``,
+    ``"student"``) and ``KL(p^T ‖ p^S)`` (``"kl"``), for the method's current classes."""
+    if not hasattr(method, "teacher_logits"):
+        raise PromptvizError(f"{method.name} has no teacher; teacher_student reads a PromptKD "
+                             "student")
+    method.eval()
+    dev, out = method.backbone.device, {"teacher": [], "student": [], "kl": []}
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(dev)
+        zt, zs = method.teacher_logits(x).float(), method.logits(x).float()
+        out["teacher"].append(zt.argmax(-1).cpu())
+        out["student"].append(zs.argmax(-1).cpu())
+        out["kl"].append(F.kl_div(zs.log_softmax(-1), zt.log_softmax(-1), reduction="none",
+                                  log_target=True).sum(-1).cpu())
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
 def lora_update(method: Method) -> dict[str, list[float]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from promptviz.backbone import Backbone
+from promptviz.backbone import Backbone, check_device, load_clip
 from promptviz.errors import PromptvizError, did_you_mean
 from promptviz.methods.base import Method, TrainDefaults, parse_options
 from promptviz.methods.clip_adapter import CLIPAdapter
@@ -14,6 +15,7 @@ from promptviz.methods.coop import CoOp, nearest_words
 from promptviz.methods.ivlp import IVLP
 from promptviz.methods.kgcoop import KgCoOp
 from promptviz.methods.maple import MaPLe
+from promptviz.methods.promptkd import PromptKD
 from promptviz.methods.promptsrc import PromptSRC
 from promptviz.methods.sep import SEP
 from promptviz.methods.textrefiner import TextRefiner
@@ -22,7 +24,7 @@ from promptviz.methods.zeroshot import ZeroShot
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (ZeroShot, CoOp, CoCoOp, KgCoOp, TextRefiner, SEP, CLIPAdapter, IVLP,
-                         VPT, MaPLe, PromptSRC, CLIPLoRA)}
+                         VPT, MaPLe, PromptSRC, CLIPLoRA, PromptKD)}
 
 
 def method_class(name: str) -> type[Method]:
@@ -39,6 +41,22 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], template:
     return cls(backbone, classnames, template, parse_options(cls.Options, options))
 
 
-__all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "method_class",
+def load_trained(checkpoint: str | Path, device: str = "cpu",
+                 loaded: tuple[dict, dict] | None = None) -> tuple[Method, dict[str, Any]]:
+    """The trained method in a checkpoint folder (``promptviz train``'s ``--out``) and its
+    metadata: the backbone named in the checkpoint is loaded, the method rebuilt with the
+    options and class names it was trained with, then its trainable state restored."""
+    from promptviz.checkpoint import load_checkpoint
+    state, meta = loaded or load_checkpoint(
+        checkpoint, ("method", "backbone", "classnames", "template", "options"))
+    model = load_clip(meta["backbone"], check_device(device))
+    method = build_method(meta["method"], model, meta["classnames"], meta["template"],
+                          meta["options"])
+    method.load_trainable_state(state)
+    method.eval()
+    return method, meta
+
+
+__all__ = ["METHODS", "Method", "TrainDefaults", "build_method", "load_trained", "method_class",
            "nearest_words", "CLIPAdapter", "CLIPLoRA", "CoOp", "CoCoOp", "IVLP", "KgCoOp",
-           "MaPLe", "PromptSRC", "SEP", "TextRefiner", "VPT", "ZeroShot"]
+           "MaPLe", "PromptKD", "PromptSRC", "SEP", "TextRefiner", "VPT", "ZeroShot"]

@@ -129,6 +129,20 @@ class Method(nn.Module):
         None by default."""
         return {}
 
+    @classmethod
+    def unlabelled_images(cls, options: dict[str, Any]) -> str | None:
+        """``None``, or for a distillation student (PromptKD) with ``options`` (as given) the
+        training images it learns from, unlabelled: ``"all"`` (every training image of every
+        class, the transductive protocol) or ``"base"`` (the base classes' only). Training
+        then trains the teacher first (:func:`promptviz.train.loop.train_teacher`)."""
+        return None
+
+    @classmethod
+    def train_defaults(cls, options: dict[str, Any]) -> TrainDefaults:
+        """The schedule for ``options`` (as given): :attr:`defaults`, unless the options pick
+        another method's (TextRefiner on MaPLe or PromptKD)."""
+        return cls.defaults
+
     def prepare(self, loader: Iterable) -> None:
         """Called once before the first training epoch with the training loader (not on
         resume). A method that needs a pass over the data first (SEP's prototypes) does it
@@ -192,7 +206,7 @@ class Method(nn.Module):
     def _persistent_buffer_names(self) -> set[str]:
         names = set()
         for mod_name, mod in self.named_modules():
-            if mod_name.startswith("backbone"):
+            if {"backbone", "teacher"} & set(mod_name.split(".")):   # frozen, not ours
                 continue
             for b in mod._buffers:
                 if b not in mod._non_persistent_buffers_set:

@@ -61,11 +61,33 @@ REAL_DATASETS = {"imagenet", "caltech-101", "oxford_pets", "stanford_cars", "oxf
 _VARIANT = re.compile(r"^([A-Za-z0-9_]+)(?:\[(.*)\])?$")
 
 
+SCHEDULE_KEYS = ("epochs",)      # in name[...], training settings rather than method options
+
+
 def method_variant(label: str) -> tuple[str, dict[str, str]]:
     """A study's method entry as (method, its own options): ``"sep"`` is SEP as configured
     by ``options["sep"]``; ``"sep[ensemble=false,layers=1,2]"`` is SEP with those options on
     top, so one study can compare variants of a method (an ablation). Each variant is its
-    own row and run folder."""
+    own row and run folder. ``epochs=N`` in the brackets is that entry's epoch count, not an
+    option (:func:`variant_schedule`; e.g. ``clip_lora[epochs=300]``)."""
+    name, opts = _variant(label)
+    return name, {k: v for k, v in opts.items() if k not in SCHEDULE_KEYS}
+
+
+def variant_schedule(label: str) -> dict[str, int]:
+    """The training settings an entry sets for itself: ``{"epochs": N}`` or nothing."""
+    out = {}
+    for key, value in _variant(label)[1].items():
+        if key in SCHEDULE_KEYS:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise PromptvizError(f"method {label!r}: {key}={value!r} is not a whole "
+                                     "number") from None
+    return out
+
+
+def _variant(label: str) -> tuple[str, dict[str, str]]:
     match = _VARIANT.match(label.strip())
     if not match:
         raise PromptvizError(f"method {label!r} is not a method name or name[key=value,...], "
@@ -92,7 +114,8 @@ def _train_cfg(cfg: CompareConfig, label: str, dataset: str, shots: int, seed: i
     method, own = method_variant(label)
     return TrainConfig(method=method, backbone=cfg.backbone, dataset=dataset,
                        data_root=cfg.data_root, protocol=protocol, shots=shots, seed=seed,
-                       out=str(out), epochs=None if method == "zeroshot" else cfg.epochs,
+                       out=str(out), epochs=None if method == "zeroshot" else
+                       variant_schedule(label).get("epochs", cfg.epochs),
                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
                        feature_cache=cfg.feature_cache, cache_dir=cfg.cache_dir,
                        options={**cfg.options.get(method, {}), **own})
@@ -158,7 +181,7 @@ def check_study(cfg: CompareConfig) -> None:
     for label, name in zip(cfg.methods, names):
         opts = parse_options(method_class(name).Options,
                              {**cfg.options.get(name, {}), **method_variant(label)[1]})
-        key = (name, repr(opts))
+        key = (name, repr(opts), repr(variant_schedule(label)))
         if key in seen:
             raise PromptvizError(f"methods {seen[key]!r} and {label!r} train the same thing "
                                  "(the same options); keep one of them")

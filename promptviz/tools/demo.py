@@ -48,7 +48,8 @@ from promptviz.viz.sep import selected_for_image, selection_map
 LABELS = {"zeroshot": "zero-shot CLIP", "coop": "CoOp", "kgcoop": "KgCoOp",
           "cocoop": "CoCoOp", "textrefiner": "CoOp+TextRefiner", "sep": "SEP",
           "ivlp": "IVLP", "vpt": "VPT-deep", "maple": "MaPLe",
-          "promptsrc": "PromptSRC", "clip_lora": "CLIP-LoRA"}
+          "promptsrc": "PromptSRC", "clip_lora": "CLIP-LoRA",
+          "promptkd": "PromptKD"}
 
 
 def format_table(rows: list[dict]) -> str:

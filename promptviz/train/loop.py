@@ -48,7 +48,7 @@ from promptviz.data import (
 )
 from promptviz.data.load import looks_like_path
 from promptviz.errors import Diverged, PromptvizError
-from promptviz.methods import Method, build_method, method_class
+from promptviz.methods import Method, build_method, load_trained, method_class
 from promptviz.metrics import harmonic_mean
 from promptviz.precision import autocast_for, resolve_precision
 from promptviz.progress import progress_bar
@@ -107,7 +107,8 @@ def budget_epochs(cfg: TrainConfig, requested: TrainConfig, n_images: int,
     optimiser steps (``TrainDefaults.iterations_per_shot``; CLIP-LoRA: 500 × shots) trains
     ``ceil(steps / steps per epoch)`` whole epochs of its ``n_images`` training images, unless
     ``requested`` (the config as given) sets ``--epochs``."""
-    per_shot = method_class(cfg.method).defaults.for_dataset(dataset, cfg.protocol) \
+    per_shot = method_class(cfg.method).train_defaults(cfg.options) \
+        .for_dataset(dataset, cfg.protocol) \
         .iterations_per_shot
     if requested.epochs is not None or per_shot <= 0:
         return cfg
@@ -121,10 +122,44 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
     if cfg.protocol not in PROTOCOLS:
         raise PromptvizError(f"unknown protocol {cfg.protocol!r}; use one of {PROTOCOLS}")
     shots = few_shot(ds, cfg.shots, cfg.seed)
+    unlabelled = method_class(cfg.method).unlabelled_images(cfg.options)
+    if unlabelled:
+        shots = ds          # PromptKD's student: every training image, unlabelled
     if cfg.protocol == "fewshot":
         return shots, {"acc": ds}
-    return subsample_classes(shots, "base"), {"base_acc": subsample_classes(ds, "base"),
-                                              "new_acc": subsample_classes(ds, "new")}
+    train = shots if unlabelled == "all" else subsample_classes(shots, "base")
+    return train, {"base_acc": subsample_classes(ds, "base"),
+                   "new_acc": subsample_classes(ds, "new")}
+
+
+def train_teacher(cfg: TrainConfig, options: dict[str, Any], out: Path) -> dict[str, Any]:
+    """PromptKD's first stage: ``options`` with ``teacher`` as a trained run folder. A method
+    name is trained here (its own defaults, this run's dataset, protocol, labelled shots and
+    seed) into ``out/teacher``, unless a finished run of that request is already there; a
+    folder is checked to hold a checkpoint."""
+    from promptviz.methods.promptkd import is_run_folder, teacher_folder
+    teacher = str(options.get("teacher", method_class(cfg.method).Options().teacher))
+    if is_run_folder(teacher):
+        return {**options, "teacher": str(teacher_folder(teacher))}
+    if teacher == cfg.method:
+        raise PromptvizError(f"teacher={teacher}: a student cannot teach itself; use "
+                             "teacher=promptsrc (the authors') or a run folder")
+    method_class(teacher)                            # an unknown name: its own message
+    tcfg = TrainConfig(method=teacher, backbone=options.get("teacher_backbone") or cfg.backbone,
+                       dataset=cfg.dataset, data_root=cfg.data_root, protocol=cfg.protocol,
+                       shots=cfg.shots, seed=cfg.seed, out=str(out / "teacher"),
+                       device=cfg.device, precision=cfg.precision, num_workers=cfg.num_workers,
+                       progress=cfg.progress, feature_cache=cfg.feature_cache,
+                       cache_views=cfg.cache_views, cache_dir=cfg.cache_dir)
+    done = out / "teacher" / RESULTS
+    try:
+        same = json.loads(done.read_text()).get("request") == request_key(tcfg)
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        print(f"{cfg.method}: training the teacher ({teacher}) into {out / 'teacher'}")
+        run(tcfg, overwrite=True)
+    return {**options, "teacher": str((out / "teacher").resolve())}
 
 
 OnEpoch = Callable[[list[dict[str, float]]], None]       # called with the history so far
@@ -499,6 +534,9 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
     weights = featcache.weights_fingerprint(backbone.model)
     key = run_key(requested, weights)
     options = {**method_class(cfg.method).dataset_options(ds.name, cfg.protocol), **cfg.options}
+    if method_class(cfg.method).unlabelled_images(cfg.options):
+        options = train_teacher(cfg, options, out)   # PromptKD: the teacher run comes first
+        set_seed(cfg.seed)          # the student starts alike whether the teacher trained now
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           options)
     if cfg.protocol == "base2new" and getattr(method.options, "class_specific", False):
@@ -543,6 +581,9 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
                "train_seconds": round(train_seconds, 2),
                "eval_seconds": round(time.perf_counter() - t1, 2),
                "trainable_params": sum(p.numel() for p in method.trainable_parameters()),
+               **({"unlabelled_images": unlabelled, "train_images": len(train_set.train)}
+                  if (unlabelled := method_class(cfg.method).unlabelled_images(cfg.options))
+                  else {}),
                "history": history, "options": meta["options"], "run_key": key,
                "request": request}
     atomic_write_text(out / RESULTS, strict_json(results, f"the results of {cfg.method} on "
@@ -563,20 +604,9 @@ def strict_json(obj: Any, what: str) -> str:
 
 def load_method(checkpoint: str | Path, device: str = "cpu",
                 loaded: tuple[dict, dict] | None = None) -> tuple[Method, dict[str, Any]]:
-    """The trained method in a checkpoint folder written by :func:`run`, and its metadata.
-
-    The backbone named in the checkpoint is loaded; the method is rebuilt with the
-    options and class names it was trained with, then its trainable state restored.
-    """
-    from promptviz.checkpoint import load_checkpoint
-    state, meta = loaded or load_checkpoint(
-        checkpoint, ("method", "backbone", "classnames", "template", "options"))
-    model = load_clip(meta["backbone"], check_device(device))
-    method = build_method(meta["method"], model, meta["classnames"], meta["template"],
-                          meta["options"])
-    method.load_trainable_state(state)
-    method.eval()
-    return method, meta
+    """The trained method in a checkpoint folder written by :func:`run`, and its metadata
+    (:func:`promptviz.methods.load_trained`)."""
+    return load_trained(checkpoint, device, loaded)
 
 
 def run_eval(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,

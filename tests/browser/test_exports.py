@@ -80,6 +80,8 @@ def figures() -> dict[str, go.Figure]:
         "accuracy_bars": results.accuracy_bars(ROWS, label="label"),
         "prompt_shift": deep.prompt_shift({"MaPLe text": [0.2, 1.1], "MaPLe vision": [0.4, 0.9]}),
         "epoch_weights": deep.epoch_weights([0.0, 0.1, 0.8, 0.1]),
+        "teacher_student": deep.teacher_student([0, 1, 2, 2], [0, 1, 1, 2], [0, 1, 2, 1],
+                                                ["a", "b", "c"], n_base=2),
         "learning_curves": results.learning_curves(
             {"CoOp": [{"epoch": e, "loss": 2 / e, "train_acc": 50 + 4 * e} for e in (1, 2, 3)],
              "SEP": [{"epoch": e, "loss": 1.5 / e, "train_acc": 60 + 3 * e, "val_acc": 55 + e}

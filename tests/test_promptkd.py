@@ -207,6 +207,21 @@ def test_a_teacher_folder_is_used_as_it_is(tiny_root, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_refused_student_trains_no_teacher(tiny_root, tmp_path):
+    """Bad student options, or an --out that holds another run, are refused before the
+    teacher stage writes anything."""
+    with pytest.raises(PromptvizError, match="kl_scale"):
+        run(TrainConfig(data_root=str(tiny_root), out=str(tmp_path / "a"),
+                        **{**_CFG, "options": {"teacher": "coop", "kl_scale": "mean"}}))
+    assert not (tmp_path / "a").exists()
+    other = tmp_path / "b"
+    run(TrainConfig(method="zeroshot", backbone="pv-tiny", dataset="dtd", shots=2,
+                    data_root=str(tiny_root), out=str(other), progress=False))
+    with pytest.raises(PromptvizError, match="holds another run"):
+        run(TrainConfig(data_root=str(tiny_root), out=str(other), **_CFG))
+    assert not (other / "teacher").exists()
+
+
 # ------------------------------------------------------------- interventions and the view
 def test_interventions_on_the_student(tiny_clip):
     from promptviz.analysis.interventions import available, intervene, teacher_student

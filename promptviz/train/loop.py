@@ -535,7 +535,12 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
     key = run_key(requested, weights)
     options = {**method_class(cfg.method).dataset_options(ds.name, cfg.protocol), **cfg.options}
     if method_class(cfg.method).unlabelled_images(cfg.options):
-        options = train_teacher(cfg, options, out)   # PromptKD: the teacher run comes first
+        # PromptKD: the teacher run comes first, after every check that could refuse the
+        # student (its options, on an untrained teacher of the name given; --out's owner)
+        build_method(cfg.method, backbone, train_set.classnames, train_set.template, options)
+        if not overwrite:
+            check_owner(out, cfg, request, ds.name)
+        options = train_teacher(cfg, options, out)
         set_seed(cfg.seed)          # the student starts alike whether the teacher trained now
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           options)

@@ -220,6 +220,12 @@ def test_a_refused_student_trains_no_teacher(tiny_root, tmp_path):
     with pytest.raises(PromptvizError, match="holds another run"):
         run(TrainConfig(data_root=str(tiny_root), out=str(other), **_CFG))
     assert not (other / "teacher").exists()
+    # a teacher backbone that reads other pixels (toyclip's size, not pv-tiny's)
+    with pytest.raises(PromptvizError, match="preprocessing"):
+        run(TrainConfig(data_root=str(tiny_root), out=str(tmp_path / "c"),
+                        **{**_CFG, "options": {"teacher": "coop",
+                                               "teacher_backbone": "toyclip"}}))
+    assert not (tmp_path / "c" / "teacher").exists()
 
 
 # ------------------------------------------------------------- interventions and the view

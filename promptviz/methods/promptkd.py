@@ -134,7 +134,7 @@ class PromptKD(Method):
         self.vision_deep = _prompts(self.depth_vision - 1, self.n_vision, info.vision_width, dev)
         teacher = teacher if teacher is not None else load_teacher(o.teacher, backbone,
                                                                    classnames, template)
-        check_teacher(teacher, backbone)
+        check_teacher(teacher.backbone, backbone)
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher.eval()
@@ -239,9 +239,9 @@ def teacher_folder(teacher: str) -> Path:
     return folder.resolve()
 
 
-def check_teacher(teacher: Method, backbone: Backbone) -> None:
+def check_teacher(teacher: Backbone, backbone: Backbone) -> None:
     """Teacher and student read the same pixels: one image size and normalisation."""
-    a, b = teacher.backbone, backbone
+    a, b = teacher, backbone
     if (a.image_size, tuple(a.mean), tuple(a.std)) != (b.image_size, tuple(b.mean),
                                                         tuple(b.std)):
         raise PromptvizError(

@@ -132,12 +132,14 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
                    "new_acc": subsample_classes(ds, "new")}
 
 
-def train_teacher(cfg: TrainConfig, options: dict[str, Any], out: Path) -> dict[str, Any]:
+def train_teacher(cfg: TrainConfig, options: dict[str, Any], out: Path, student: Backbone
+                  ) -> dict[str, Any]:
     """PromptKD's first stage: ``options`` with ``teacher`` as a trained run folder. A method
     name is trained here (its own defaults, this run's dataset, protocol, labelled shots and
     seed) into ``out/teacher``, unless a finished run of that request is already there; a
-    folder is checked to hold a checkpoint."""
-    from promptviz.methods.promptkd import is_run_folder, teacher_folder
+    folder is checked to hold a checkpoint. A ``teacher_backbone`` must read the ``student``
+    backbone's pixels (checked before it trains)."""
+    from promptviz.methods.promptkd import check_teacher, is_run_folder, teacher_folder
     teacher = str(options.get("teacher", method_class(cfg.method).Options().teacher))
     if is_run_folder(teacher):
         return {**options, "teacher": str(teacher_folder(teacher))}
@@ -157,6 +159,8 @@ def train_teacher(cfg: TrainConfig, options: dict[str, Any], out: Path) -> dict[
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
+        if tcfg.backbone != cfg.backbone:
+            check_teacher(load_clip(tcfg.backbone, student.device), student)
         print(f"{cfg.method}: training the teacher ({teacher}) into {out / 'teacher'}")
         run(tcfg, overwrite=True)
     return {**options, "teacher": str((out / "teacher").resolve())}
@@ -540,7 +544,7 @@ def run(cfg: TrainConfig, overwrite: bool = False, on_epoch: OnEpoch | None = No
         build_method(cfg.method, backbone, train_set.classnames, train_set.template, options)
         if not overwrite:
             check_owner(out, cfg, request, ds.name)
-        options = train_teacher(cfg, options, out)
+        options = train_teacher(cfg, options, out, backbone)
         set_seed(cfg.seed)          # the student starts alike whether the teacher trained now
     method = build_method(cfg.method, backbone, train_set.classnames, train_set.template,
                           options)

@@ -121,10 +121,9 @@ def protocol_splits(ds: Dataset, cfg: TrainConfig) -> tuple[Dataset, dict[str, D
     """The few-shot training set and the evaluation sets of ``cfg.protocol``."""
     if cfg.protocol not in PROTOCOLS:
         raise PromptvizError(f"unknown protocol {cfg.protocol!r}; use one of {PROTOCOLS}")
-    shots = few_shot(ds, cfg.shots, cfg.seed)
     unlabelled = method_class(cfg.method).unlabelled_images(cfg.options)
-    if unlabelled:
-        shots = ds          # PromptKD's student: every training image, unlabelled
+    # PromptKD's student: every training image, unlabelled (its teacher draws the shots)
+    shots = ds if unlabelled else few_shot(ds, cfg.shots, cfg.seed)
     if cfg.protocol == "fewshot":
         return shots, {"acc": ds}
     train = shots if unlabelled == "all" else subsample_classes(shots, "base")
